@@ -1,0 +1,47 @@
+# Two commands for a fresh machine: `make book` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch first, pinned: on the project's CPU machines pip takes the CPU build from local
+# disk; on a CUDA machine the same line installs the CUDA build from PyPI.
+TORCH  ?= torch==2.13.0
+JOBS   ?= 2
+
+.PHONY: book test install execute refresh bench-compile lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Execute a copy of every chapter (quick scale on CPU, full on CUDA), then render the
+# HTML from the executed copies. The committed notebooks are not modified.
+book: install
+	rm -rf _build/src && mkdir -p _build/src
+	cp -r _config.yml _toc.yml book chapters _build/src/
+	ls _build/src/chapters/*.ipynb | xargs -P $(JOBS) -n 1 \
+		$(PY) -m jupyter execute --inplace --timeout=3600
+	$(VENV)/bin/jupyter-book build _build/src --path-output . -W -n --keep-going
+	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
+
+# Library tests, nbval over every chapter, the clean book build and the browser test.
+test: install
+	$(PY) -m pytest -n $(JOBS) --dist loadfile tests chapters \
+		--nbval-lax --nbval-current-env -p no:cacheprovider
+
+# Re-execute the committed notebooks in place, in quick mode, to refresh stored outputs.
+refresh: install
+	BOOK_SCALE=quick $(PY) -m jupyter execute --inplace --timeout=600 chapters/*.ipynb
+
+bench-compile: install
+	$(PY) -m lib.bench compile
+
+lint: install
+	$(VENV)/bin/ruff check lib tests chapters book/_ext
+
+clean:
+	rm -rf _build

@@ -1,0 +1,218 @@
+"""lib/softmax.py: kernel vs reference vs torch.softmax, the (m, d) algebra, traffic, bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lib.softmax import (
+    MAX_BLOCK_N,
+    METHODS,
+    _softmax_fwd_triton,
+    merge_states,
+    online_softmax_states,
+    softmax,
+    softmax_counted,
+    softmax_reference,
+    softmax_traffic_model,
+)
+
+# Output tolerances per dtype: fp32 math everywhere, so the error is the output rounding.
+ATOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+DTYPES = list(ATOL)
+
+
+def close(a, b, dtype):
+    torch.testing.assert_close(a.float(), b.float(), atol=ATOL[dtype], rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 300),
+    block=st.sampled_from([16, 32, 128, 512]),
+    dtype=st.sampled_from(DTYPES),
+    magnitude=st.sampled_from([1.0, 30.0, 1e3]),
+    seed=st.integers(0, 2**16),
+)
+def test_kernel_matches_reference_any_block(rows, cols, block, dtype, magnitude, seed):
+    """Rows shorter, equal and longer than one block, in all three dtypes."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, cols, generator=g) * magnitude).to(dtype)
+    y = _softmax_fwd_triton(x, block_n=block)
+    assert y.dtype == dtype
+    close(y, softmax_reference(x), dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    data=st.data(),
+    dtype=st.sampled_from(DTYPES),
+)
+def test_reference_matches_torch_oracle(shape, data, dtype):
+    """The spec against torch.softmax (fp32 math, rounded to the input dtype) on any dim."""
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    x = (torch.randn(shape) * 5).to(dtype)
+    oracle = torch.softmax(x.float(), dim=dim).to(dtype)
+    close(softmax_reference(x, dim), oracle, dtype)
+    close(softmax(x, dim, backend="triton"), oracle, dtype)
+
+
+def test_rows_of_length_one_are_one():
+    x = torch.randn(5, 1)
+    assert torch.equal(softmax(x, backend="triton"), torch.ones(5, 1))
+    assert torch.equal(softmax(x, backend="torch"), torch.ones(5, 1))
+
+
+def test_long_rows_use_the_loop():
+    """Rows longer than MAX_BLOCK_N take the two-pass path with the default config."""
+    x = torch.randn(2, 2 * MAX_BLOCK_N + 77) * 10
+    close(softmax(x, backend="triton"), torch.softmax(x, -1), torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_partial_minus_inf_matches_torch(backend):
+    x = torch.randn(4, 50)
+    x[:, ::3] = -math.inf
+    x[2, :49] = -math.inf  # a single finite entry
+    close(softmax(x, backend=backend), torch.softmax(x, -1), torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("block", [None, 8])
+def test_all_minus_inf_rows_give_zeros_not_nan(backend, block):
+    """Our documented convention; torch.softmax gives NaN for the same rows."""
+    x = torch.randn(3, 20)
+    x[1] = -math.inf
+    y = softmax(x, backend=backend) if block is None else _softmax_fwd_triton(x, block_n=block)
+    assert torch.equal(y[1], torch.zeros(20))
+    close(y[[0, 2]], torch.softmax(x[[0, 2]], -1), torch.float32)
+    assert torch.isnan(torch.softmax(x, -1)[1]).all()
+
+
+def test_all_minus_inf_rows_have_finite_gradients():
+    x = torch.randn(2, 7)
+    x[0] = -math.inf
+    for backend in ("torch", "triton"):
+        xr = x.clone().requires_grad_()
+        softmax(xr, backend=backend).pow(2).sum().backward()
+        assert torch.isfinite(xr.grad).all()
+
+
+def test_large_magnitudes_do_not_overflow():
+    x32 = torch.tensor([[1e4, 1e4 - 1, -1e4, 0.0], [-1e4, -1e4 + 2, -1e4, -1e4]])
+    close(softmax(x32, backend="triton"), torch.softmax(x32.double(), -1).float(), torch.float32)
+    x16 = torch.tensor([[65504.0, 65504.0, 65472.0, -65504.0]], dtype=torch.float16)
+    y16 = softmax(x16, backend="triton")
+    assert torch.isfinite(y16).all()
+    close(y16, torch.softmax(x16.double(), -1).half(), torch.float16)
+    # the naive formula overflows on the same input: exp(65504) = inf, inf / inf = NaN
+    y_naive, _ = softmax_counted(x16, "naive")
+    assert torch.isnan(y_naive).any()
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_any_dim_and_noncontiguous_input(dim):
+    x = torch.randn(6, 5, 9).transpose(0, 2)  # (9, 5, 6), not contiguous
+    close(softmax(x, dim, backend="triton"), torch.softmax(x, dim), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_matches_torch(dtype):
+    x = torch.randn(5, 37).to(dtype).requires_grad_()
+    dy = torch.randn(5, 37).to(dtype)
+    (gx,) = torch.autograd.grad(softmax(x, 0, backend="triton"), x, dy)
+    (gref,) = torch.autograd.grad(torch.softmax(x.float(), 0), x, dy.float())
+    torch.testing.assert_close(gx.float(), gref.float(), atol=4 * ATOL[dtype], rtol=0)
+
+
+def test_empty_tensor():
+    x = torch.randn(0, 4)
+    assert softmax(x, backend="triton").shape == (0, 4)
+
+
+# ----------------------------------------------------------------------------- (m, d) algebra
+
+finite = st.floats(-50, 50, allow_nan=False)
+state = st.one_of(
+    st.tuples(finite, st.floats(1e-3, 1e3)),
+    st.just((-math.inf, 0.0)),  # the empty state, identity of the merge
+)
+
+
+def as_tensors(*states):
+    return [torch.tensor(v, dtype=torch.float64) for s in states for v in s]
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=state, b=state, c=state)
+def test_merge_is_associative_and_commutative(a, b, c):
+    m1, d1, m2, d2, m3, d3 = as_tensors(a, b, c)
+    left = merge_states(*merge_states(m1, d1, m2, d2), m3, d3)
+    right = merge_states(m1, d1, *merge_states(m2, d2, m3, d3))
+    swapped = merge_states(m2, d2, m1, d1)
+    ab = merge_states(m1, d1, m2, d2)
+    for u, v in ((left, right), (ab, swapped)):
+        assert u[0] == v[0]
+        torch.testing.assert_close(u[1], v[1], rtol=1e-12, atol=0)
+    empty = merge_states(m1, d1, *as_tensors((-math.inf, 0.0)))
+    assert empty[0] == m1 and torch.equal(empty[1], d1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 40), block=st.integers(1, 50), seed=st.integers(0, 999))
+def test_online_states_end_in_max_and_normalizer(n, block, seed):
+    x = torch.randn(3, n, generator=torch.Generator().manual_seed(seed)) * 10
+    m, d = online_softmax_states(x, block)
+    assert m.shape == d.shape == (3, math.ceil(n / block))
+    torch.testing.assert_close(m[:, -1], x.amax(-1))
+    torch.testing.assert_close(d[:, -1], torch.exp(x - x.amax(-1, keepdim=True)).sum(-1))
+    assert (m.diff(dim=-1) >= 0).all()  # the running max never decreases
+
+
+def test_merge_of_empty_states_is_empty_not_nan():
+    m, d = merge_states(*as_tensors((-math.inf, 0.0), (-math.inf, 0.0)))
+    assert m == -math.inf and d == 0
+
+
+# --------------------------------------------------------------------------- traffic model
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n, block", [(1, 4), (100, 16), (257, 64)])
+def test_counted_traffic_equals_model(method, n, block):
+    x = torch.randn(3, n)
+    y, traffic = softmax_counted(x, method, block)
+    assert traffic == softmax_traffic_model(method, 3, n)
+    close(y, torch.softmax(x, -1), torch.float32)
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, words",
+    [
+        ((torch.tensor(1.0),), {}, ValueError, "x must have at least 1"),
+        ((torch.arange(6).reshape(2, 3),), {}, TypeError, "x must have dtype"),
+        ((torch.randn(2, 3), 2), {}, ValueError, "dim=2 is out of range"),
+        ((torch.randn(2, 3), 1.0), {}, TypeError, "dim must be an int"),
+        (([[1.0, 2.0]],), {}, TypeError, "x must be a torch.Tensor"),
+        ((torch.randn(2, 3),), {"backend": "cuda"}, ValueError, "backend must be one of"),
+    ],
+)
+def test_bad_input_is_named(args, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        softmax(*args, **kwargs)
+
+
+def test_bad_input_to_the_algebra_and_counter():
+    with pytest.raises(ValueError, match="block must be at least 1"):
+        online_softmax_states(torch.randn(4), 0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        softmax_counted(torch.randn(2, 3), "fast")
+    with pytest.raises(TypeError, match="m1 must have dtype"):
+        merge_states(torch.tensor(1), torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0))
