@@ -1,0 +1,211 @@
+"""The book's text corpora: named loaders, a symbol vocabulary, and a deterministic split.
+
+Every language chapter (4, 5, 6, 9) reads its text through this module and nothing else.
+The text never comes from the network: it is a file that Python itself or a pip
+dependency ships (design.md, Data). Each corpus is registered under a name:
+
+==================  =====================================================  ===========
+name                what it is                                             needs
+==================  =====================================================  ===========
+``python-docs``     the help texts of Python's ``pydoc`` (``pydoc_data``)   Python only
+``lee``             gensim's Lee background corpus (news articles)         ``gensim``
+``lee-test``        gensim's Lee test corpus                               ``gensim``
+==================  =====================================================  ===========
+
+A chapter that needs another shipped text adds one line with :func:`register_corpus`
+(a loader returning a ``str``). The texts belong to whatever version of Python or of
+the package is installed, so their sizes, and everything learned from them, can differ
+slightly between machines.
+
+Tokens: :class:`Vocabulary` maps symbols (characters, or words) to ids and back;
+:meth:`Vocabulary.chars` builds the character vocabulary of a text (chapter 6) and
+:func:`words` splits a text into lower-case words (chapters 4 and 5).
+:func:`train_val_split` cuts a token sequence into a training head and a validation
+tail, the same way every time.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .validate import check_tensor
+
+# ------------------------------------------------------------------ named corpora
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """A registered corpus: its name, where the text comes from, and its loader."""
+
+    name: str
+    source: str  # one line for readers: what the text is and which package ships it
+    requires: str | None  # the pip package that ships it; None when Python itself does
+    loader: Callable[[], str]
+
+
+CORPORA: dict[str, CorpusInfo] = {}
+
+
+def register_corpus(
+    name: str, loader: Callable[[], str], source: str, requires: str | None = None
+) -> None:
+    """Add a named corpus; ``loader()`` returns its whole text as one string."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not callable(loader):
+        raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+    CORPORA[name] = CorpusInfo(name, source, requires, loader)
+
+
+def _python_docs() -> str:
+    # pydoc_data.topics.topics maps a topic ("assert", "class", ...) to its help text.
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[key].strip() + "\n" for key in sorted(topics))
+
+
+def package_text(package: str, path: str, encoding: str = "utf-8") -> str:
+    """The text of the data file ``path`` inside the installed ``package``.
+
+    Raises ``ModuleNotFoundError`` naming the pip package when it is not installed.
+    """
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError as err:
+        top = package.split(".")[0]
+        raise ModuleNotFoundError(
+            f"this corpus ships with the pip package {top!r}, which is not installed "
+            f"(`pip install {top}`)"
+        ) from err
+    return root.joinpath(path).read_text(encoding=encoding)
+
+
+register_corpus(
+    "python-docs",
+    _python_docs,
+    "the help topics of Python's pydoc (module pydoc_data.topics), in sorted topic order",
+)
+register_corpus(
+    "lee",
+    lambda: package_text("gensim", "test/test_data/lee_background.cor"),
+    "Lee background corpus: 300 short news articles, one per line (gensim test data)",
+    requires="gensim",
+)
+register_corpus(
+    "lee-test",
+    lambda: package_text("gensim", "test/test_data/lee.cor"),
+    "Lee corpus: 50 short news articles, one per line (gensim test data)",
+    requires="gensim",
+)
+
+
+def load_text(name: str = "python-docs") -> str:
+    """The whole text of the corpus called ``name`` (see :data:`CORPORA`)."""
+    if name not in CORPORA:
+        raise ValueError(f"name must be one of {sorted(CORPORA)}, got {name!r}")
+    return CORPORA[name].loader()
+
+
+# ------------------------------------------------------------------------ tokens
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of ``text``: runs of letters and digits, with an optional 's-like tail."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return _WORD.findall(text.lower())
+
+
+class Vocabulary:
+    """A bijection between symbols (characters or words) and ids ``0 .. len - 1``.
+
+    ``sep`` joins decoded symbols: ``""`` for characters, ``" "`` for words. With an
+    ``unk`` symbol, unknown symbols encode to its id; without one they raise ``ValueError``.
+    """
+
+    def __init__(self, symbols: Iterable[str], sep: str = "", unk: str | None = None):
+        itos = list(dict.fromkeys(symbols))  # first occurrence wins, order kept
+        if unk is not None and unk not in itos:
+            itos.append(unk)
+        if not itos:
+            raise ValueError("symbols must not be empty")
+        self.itos: list[str] = itos
+        self.stoi: dict[str, int] = {s: i for i, s in enumerate(itos)}
+        self.sep = sep
+        self.unk = unk
+
+    @classmethod
+    def chars(cls, text: str) -> Vocabulary:
+        """The characters of ``text``, sorted by code point."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return cls(sorted(set(text)), sep="")
+
+    @classmethod
+    def from_tokens(
+        cls, tokens: Iterable[str], min_count: int = 1, unk: str | None = "<unk>"
+    ) -> Vocabulary:
+        """Word vocabulary: tokens seen ``min_count`` times or more, most frequent first."""
+        counts = Counter(tokens)
+        kept = [t for t, c in sorted(counts.items(), key=lambda tc: (-tc[1], tc[0]))
+                if c >= min_count]
+        return cls(kept, sep=" ", unk=unk)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __repr__(self) -> str:
+        return f"Vocabulary(size={len(self)}, sep={self.sep!r}, unk={self.unk!r})"
+
+    def encode(self, symbols: Sequence[str] | str) -> torch.Tensor:
+        """Ids of ``symbols`` (a string is read character by character) as a 1-D LongTensor."""
+        if self.unk is not None:
+            unk_id = self.stoi[self.unk]
+            ids = [self.stoi.get(s, unk_id) for s in symbols]
+        else:
+            try:
+                ids = [self.stoi[s] for s in symbols]
+            except KeyError as err:
+                raise ValueError(f"symbols holds {err.args[0]!r}, which is not in the "
+                                 "vocabulary (and the vocabulary has no unk)") from None
+        return torch.tensor(ids, dtype=torch.long)
+
+    def decode(self, ids: torch.Tensor | Sequence[int]) -> str:
+        """The symbols of 1-D ``ids``, joined by ``sep``."""
+        if isinstance(ids, torch.Tensor):
+            check_tensor(ids, "ids", ndim=1)
+            if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+                raise TypeError(f"ids must hold integers, got {ids.dtype}")
+            ids = ids.tolist()
+        n = len(self)
+        bad = [i for i in ids if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"ids must lie in [0, {n}), got {bad[0]}")
+        return self.sep.join(self.itos[i] for i in ids)
+
+
+def train_val_split(tokens: torch.Tensor, val_fraction: float = 0.1):
+    """Split a 1-D token sequence into ``(train, val)``: the head and the last ``val_fraction``.
+
+    The cut is contiguous and deterministic (no shuffling), so that no validation
+    window overlaps a training window and every chapter scores the same tail.
+    Both parts keep at least one token.
+    """
+    check_tensor(tokens, "tokens", ndim=1)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
+        raise TypeError(f"val_fraction must be a float, got {type(val_fraction).__name__}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    n = tokens.numel()
+    if n < 2:
+        raise ValueError(f"tokens must hold at least 2 tokens to split, got {n}")
+    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    return tokens[: n - n_val], tokens[n - n_val :]
