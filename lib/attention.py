@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass, field
 
 import torch
 
-from .backend import resolve_backend
+from ._triton import tl, triton
+from .aot import KernelSpec
+from .backend import INTERPRET, resolve_backend
 from .softmax import softmax_reference
-from .validate import FLOAT_DTYPES, check_same, check_tensor
+from .validate import FLOAT_DTYPES, check_positive_int, check_same, check_tensor
 
 MAX_HEAD_DIM = 256  # head dims up to this are supported (padded to a power of two inside)
 MAX_MASK_KEYS = 128  # the explicit mask covers at most this many trailing keys
@@ -105,6 +108,120 @@ def attention_reference(
     return out
 
 
+# ------------------------------------------------- tiled forward, traffic and the IO model
+
+
+@dataclass
+class AttentionTraffic:
+    """Bytes read from and written to main memory (HBM on a GPU), per tensor."""
+
+    reads: dict[str, int] = field(default_factory=dict)
+    writes: dict[str, int] = field(default_factory=dict)
+
+    def read(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        self.reads[name] = self.reads.get(name, 0) + t.numel() * t.element_size()
+        return t
+
+    def write(self, name: str, t: torch.Tensor) -> None:
+        self.writes[name] = self.writes.get(name, 0) + t.numel() * t.element_size()
+
+    @property
+    def total(self) -> int:
+        return sum(self.reads.values()) + sum(self.writes.values())
+
+
+def attention_tiled(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    block_m: int = 64,
+    block_n: int = 64,
+    on_tile=None,
+) -> tuple[torch.Tensor, AttentionTraffic]:
+    """FlashAttention's forward in plain PyTorch, one (block_m x block_n) tile at a time.
+
+    q: (B, H, Nq, d); k, v: (B, H, Nk, d). Returns (O, traffic): O (B, H, Nq, d) in q's
+    dtype, and the bytes read from q, k, v and written to O and L, counted as the loads and
+    stores happen. Loop order of FlashAttention-2 and of the Triton kernel: for each query
+    block Q_i (read once), sweep the key blocks K_j, V_j (read once per query block),
+    keeping the running max m, normaliser l and unnormalised output acc (eqs. 4-6); store
+    O_i = acc / l and L_i = m + log l once. Causal tiles entirely above the (bottom-right)
+    diagonal are skipped, as in the kernel. Only small (B, H, block_m, block_n) score tiles
+    ever exist: the extra memory is O(B H block_m (block_n + d)), not O(B H Nq Nk).
+
+    on_tile: optional callback ``on_tile(i, j, m, l, traffic)`` after each tile, with the
+    block indices, the running state m, l (B, H, block_m) fp32 and the traffic so far.
+    """
+    scale, _ = _check_inputs(q, k, v, causal, scale, None)
+    check_positive_int(block_m, "block_m")
+    check_positive_int(block_n, "block_n")
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    traffic = AttentionTraffic()
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+    for i, q0 in enumerate(range(0, n_q, block_m)):
+        rows = torch.arange(q0, min(q0 + block_m, n_q), device=q.device)
+        q_i = traffic.read("q", q[..., q0 : q0 + block_m, :]).float()
+        m = torch.full(q_i.shape[:-1], -math.inf, device=q.device)  # (B, H, bm)
+        l = torch.zeros_like(m)
+        acc = torch.zeros_like(q_i)  # (B, H, bm, d), unnormalised output
+        # causal: the last query of this block sees keys j <= rows[-1] + Nk - Nq
+        hi = min(n_k, int(rows[-1]) + 1 + n_k - n_q) if causal else n_k
+        for j, k0 in enumerate(range(0, max(hi, 0), block_n)):
+            k_j = traffic.read("k", k[..., k0 : k0 + block_n, :]).float()
+            v_j = traffic.read("v", v[..., k0 : k0 + block_n, :]).float()
+            s = scale * (q_i @ k_j.transpose(-2, -1))  # (B, H, bm, bn): one score tile
+            if causal:
+                cols = torch.arange(k0, k0 + k_j.shape[-2], device=q.device)
+                s = s.masked_fill(cols[None, :] > rows[:, None] + (n_k - n_q), -math.inf)
+            # online softmax (eq. 5): rescale the old state to the new running max
+            m_new = torch.maximum(m, s.amax(-1))
+            m_ref = torch.where(m_new == -math.inf, 0.0, m_new)  # fully masked row so far
+            alpha = torch.exp(m - m_ref)
+            p = torch.exp(s - m_ref[..., None])
+            l = alpha * l + p.sum(-1)
+            acc = alpha[..., None] * acc + p @ v_j
+            m = m_new
+            if on_tile is not None:
+                on_tile(i, j, m, l, traffic)
+        o_i = acc / torch.where(l > 0, l, 1.0)[..., None]  # rows that saw no key stay 0
+        out[..., q0 : q0 + block_m, :] = o_i.to(q.dtype)
+        lse[..., q0 : q0 + block_m] = torch.where(l > 0, m + torch.log(l), -math.inf)
+        traffic.write("o", out[..., q0 : q0 + block_m, :])
+        traffic.write("lse", lse[..., q0 : q0 + block_m])
+    return out, traffic
+
+
+def standard_attention_io(n: int, d: int, itemsize: int = 2) -> int:
+    """HBM bytes of standard attention (Algorithm 0 of Dao et al. 2022), per head: eq. 10.
+
+    Read Q, K (2Nd), write S (N^2); read S, write P (2N^2); read P, V, write O
+    (N^2 + 2Nd): 4Nd + 4N^2 elements, Theta(Nd + N^2).
+    """
+    return (4 * n * d + 4 * n * n) * itemsize
+
+
+def flash_attention_io(n: int, d: int, block_m: int, itemsize: int = 2) -> int:
+    """HBM bytes of the tiled forward, per head, exactly as :func:`attention_tiled` counts.
+
+    Q read once and O written once (2Nd), K and V read once per query block
+    (2 ceil(N / block_m) N d), plus the fp32 log-sum-exp (4N bytes): eq. 11.
+    """
+    return (2 * n * d + 2 * math.ceil(n / block_m) * n * d) * itemsize + 4 * n
+
+
+def sram_block(sram_bytes: int, d: int, itemsize: int = 2) -> int:
+    """The query block that fills an SRAM of M = sram_bytes / itemsize elements: M / (4d).
+
+    The Q, K and V tiles and the output accumulator, each block x d, share the SRAM
+    (the choice B_c = M / 4d of Dao et al. 2022); with it :func:`flash_attention_io` is
+    2Nd + 8 N^2 d^2 / M elements, Theta(N^2 d^2 / M) (eq. 12).
+    """
+    return max(1, sram_bytes // itemsize // (4 * d))
+
+
 # ------------------------------------------------------------------------------ validation
 
 
@@ -163,6 +280,424 @@ def _check_inputs(q, k, v, causal, scale, mask) -> tuple[float, torch.Tensor | N
     return float(scale), mask
 
 
+# ---------------------------------------------------------------------------- Triton kernels
+
+LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x log2 e)
+LN2 = 0.6931471805599453
+# Triton 3.9's interpreter multiplies bf16 operands of tl.dot as raw 16-bit integers
+# (it stores bf16 as uint16); under the interpreter _dot upcasts them to fp32 first, which
+# is exact (a product of two bf16 fits in fp32). Compiled kernels never take that branch.
+_UPCAST_BF16_DOT = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b with fp32 accumulation (tensor cores for fp16/bf16 operands)."""
+    if _UPCAST_BF16_DOT:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+        if b.dtype == tl.bfloat16:
+            b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _allowed(rows, cols, mask_row_ptr, stride_mq, N_Q, N_K, N_M,
+             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Which (query row, key col) pairs may attend; rows, cols broadcast to the tile's shape.
+
+    Padding rows/cols beyond Nq/Nk are excluded; causal is bottom-right aligned; the
+    explicit mask (int8, one row of Nm entries per query) covers the last N_M keys.
+    """
+    ok = (rows < N_Q) & (cols < N_K)
+    if CAUSAL:
+        ok = ok & (cols <= rows + (N_K - N_Q))
+    if HAS_MASK:
+        c = cols - (N_K - N_M)  # column in the mask; negative: in the unmasked prefix
+        inside = ok & (c >= 0)
+        m = tl.load(mask_row_ptr + rows * stride_mq + c, mask=inside, other=1)
+        ok = ok & (m != 0)
+    return ok
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+    stride_mb, stride_mq,
+    H, N_Q, N_K, N_M, HEAD_DIM, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One program per (query block, batch x head): O_i and L_i by the online softmax (eq. 6)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < HEAD_DIM  # head dims padded to a power of two read as 0
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    mask_row_ptr = mask_ptr + b * stride_mb
+    q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :],
+                mask=(offs_m[:, None] < N_Q) & d_ok, other=0.0)
+    m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)  # running max (base 2)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)  # running normaliser
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)  # unnormalised output
+    hi = N_K
+    if CAUSAL:  # keys beyond the block's last query's diagonal are never visited
+        hi = tl.minimum(N_K, start_m + BLOCK_M + N_K - N_Q)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_ok = (cols[:, None] < N_K) & d_ok
+        k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0)
+        v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0)
+        # -- compute qk, scaled to base 2
+        qk = _dot(q, tl.trans(k), None, PRECISION) * qk_scale
+        ok = _allowed(offs_m[:, None], cols[None, :], mask_row_ptr, stride_mq, N_Q, N_K, N_M,
+                      CAUSAL, HAS_MASK)
+        qk = tl.where(ok, qk, -float("inf"))
+        # -- update m_i and l_i; rows with nothing visible yet keep m = -inf without NaN
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_ref)
+        p = tl.math.exp2(qk - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # -- rescale the accumulator and add this tile's P V
+        acc = acc * alpha[:, None]
+        acc = _dot(p.to(v.dtype), v, acc, PRECISION)
+        m_i = m_new
+    # -- epilogue: O = acc / l, L = (m + log2 l) ln 2; a row that saw no key gives 0, -inf
+    seen = l_i > 0
+    acc = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
+                   -float("inf"))
+    o_base = o_ptr + b * stride_ob + h * stride_oh
+    tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :],
+             acc.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & d_ok)
+    tl.store(lse_ptr + pid_bh.to(tl.int64) * N_Q + offs_m, lse, mask=offs_m < N_Q)
+
+
+@triton.jit
+def _attn_bwd_preprocess(o_ptr, do_ptr, delta_ptr, stride_ob, stride_oh, stride_on,
+                         stride_dob, stride_doh, stride_don, H, N_Q, HEAD_DIM,
+                         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """D_i = sum_c dO_ic O_ic (eq. 8), one program per (query block, batch x head)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on
+                + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
+                 + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    tl.store(delta_ptr + pid_bh.to(tl.int64) * N_Q + offs_m, tl.sum(o * do, 1), mask=offs_m < N_Q)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, mask_ptr,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+    stride_mb, stride_mq,
+    H, N_Q, N_K, N_M, HEAD_DIM, sm_scale, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One program per (key block, batch x head): dK_j and dV_j, sweeping the query blocks.
+
+    P^T is recomputed tile by tile from the saved L (eq. 9), transposed so that the
+    accumulators dK_j, dV_j (BLOCK_N x d) stay on chip: dV += P^T dO, dK += s dS^T Q with
+    dS = P o (dP - D) (eqs. 7-8).
+    """
+    start_n = tl.program_id(0) * BLOCK_N
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    kv_ok = (offs_n[:, None] < N_K) & d_ok
+    # k and v share the strides of q's batch/head layout only through their own strides
+    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn
+                + offs_d[None, :], mask=kv_ok, other=0.0)
+    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn
+                + offs_d[None, :], mask=kv_ok, other=0.0)
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    do_base = do_ptr + b * stride_dob + h * stride_doh
+    row_base = pid_bh.to(tl.int64) * N_Q
+    mask_row_ptr = mask_ptr + b * stride_mb
+    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    lo = 0
+    if CAUSAL:  # queries before the diagonal of this key block's first key see none of it
+        lo = tl.maximum(0, start_n - (N_K - N_Q)) // BLOCK_M * BLOCK_M
+    for start_m in range(lo, N_Q, BLOCK_M):
+        rows = start_m + offs_m
+        q_ok = (rows[:, None] < N_Q) & d_ok
+        q = tl.load(q_base + rows[:, None] * stride_qn + offs_d[None, :], mask=q_ok, other=0.0)
+        do = tl.load(do_base + rows[:, None] * stride_don + offs_d[None, :], mask=q_ok,
+                     other=0.0)
+        lse = tl.load(lse_ptr + row_base + rows, mask=rows < N_Q, other=0.0) * 1.4426950408889634
+        lse = tl.where(lse == -float("inf"), 0.0, lse)  # such rows have every key masked
+        delta = tl.load(delta_ptr + row_base + rows, mask=rows < N_Q, other=0.0)
+        # -- recompute P^T (BLOCK_N x BLOCK_M) from the log-sum-exp
+        qkT = _dot(k, tl.trans(q), None, PRECISION) * qk_scale
+        ok = _allowed(rows[None, :], offs_n[:, None], mask_row_ptr, stride_mq, N_Q, N_K, N_M,
+                      CAUSAL, HAS_MASK)
+        pT = tl.where(ok, tl.math.exp2(qkT - lse[None, :]), 0.0)
+        dv = _dot(pT.to(do.dtype), do, dv, PRECISION)
+        # -- dS^T = P^T o (dP^T - D)
+        dpT = _dot(v, tl.trans(do), None, PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk = _dot(dsT.to(q.dtype), q, dk, PRECISION)
+    dk = dk * sm_scale
+    out_ok = (offs_n[:, None] < N_K) & d_ok
+    # dk, dv are written contiguously in (B, H, Nk, d)
+    out_off = pid_bh.to(tl.int64) * N_K * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(dk_ptr + out_off, dk.to(dk_ptr.dtype.element_ty), mask=out_ok)
+    tl.store(dv_ptr + out_off, dv.to(dv_ptr.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, mask_ptr,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+    stride_mb, stride_mq,
+    H, N_Q, N_K, N_M, HEAD_DIM, sm_scale, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One program per (query block, batch x head): dQ_i = s sum_j dS_ij K_j (eqs. 7-9)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    q_ok = (offs_m[:, None] < N_Q) & d_ok
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
+                + offs_d[None, :], mask=q_ok, other=0.0)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
+                 + offs_d[None, :], mask=q_ok, other=0.0)
+    row_base = pid_bh.to(tl.int64) * N_Q
+    lse = tl.load(lse_ptr + row_base + offs_m, mask=offs_m < N_Q, other=0.0) * 1.4426950408889634
+    lse = tl.where(lse == -float("inf"), 0.0, lse)
+    delta = tl.load(delta_ptr + row_base + offs_m, mask=offs_m < N_Q, other=0.0)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    mask_row_ptr = mask_ptr + b * stride_mb
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    hi = N_K
+    if CAUSAL:
+        hi = tl.minimum(N_K, start_m + BLOCK_M + N_K - N_Q)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_ok = (cols[:, None] < N_K) & d_ok
+        k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0)
+        v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0)
+        qk = _dot(q, tl.trans(k), None, PRECISION) * qk_scale
+        ok = _allowed(offs_m[:, None], cols[None, :], mask_row_ptr, stride_mq, N_Q, N_K, N_M,
+                      CAUSAL, HAS_MASK)
+        p = tl.where(ok, tl.math.exp2(qk - lse[:, None]), 0.0)
+        dp = _dot(do, tl.trans(v), None, PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = _dot(ds.to(k.dtype), k, dq, PRECISION)
+    dq = dq * sm_scale
+    out_off = pid_bh.to(tl.int64) * N_Q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=q_ok)
+
+
+def _head_block(d: int) -> int:
+    """Head dims are padded to a power of two of at least 16 (the smallest tl.dot size)."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def launch_config(d: int, n_q: int, n_k: int, kind: str = "fwd") -> dict:
+    """Block sizes and warps for one kernel: large blocks on the GPU, few programs on CPU.
+
+    On CUDA these are the configurations ``aot_specs`` compiles (no spills, tensor cores).
+    Under the interpreter cost grows with programs x loop iterations, so blocks cover up
+    to 64 rows/columns at once.
+    """
+    block_d = _head_block(d)
+    if INTERPRET:
+        block_m = min(64, max(16, triton.next_power_of_2(n_q)))
+        block_n = min(64, max(16, triton.next_power_of_2(n_k)))
+        return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4,
+                    num_stages=1)
+    return dict(_GPU_CONFIGS[kind][min(c for c in _GPU_CONFIGS[kind] if c >= block_d)],
+                BLOCK_D=block_d)
+
+
+# (BLOCK_M, BLOCK_N, warps, stages) per kernel and padded head dim, checked by aot_specs
+_GPU_CONFIGS = {
+    "fwd": {
+        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+        128: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+    },
+    "dkdv": {
+        64: dict(BLOCK_M=32, BLOCK_N=128, num_warps=4, num_stages=3),
+        128: dict(BLOCK_M=32, BLOCK_N=128, num_warps=8, num_stages=2),
+        256: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
+    },
+    "dq": {
+        64: dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3),
+        128: dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),
+        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+    },
+}
+_GPU_CONFIGS = {k: {16: v[64], 32: v[64], **v} for k, v in _GPU_CONFIGS.items()}
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get true fp32 products (tf32 would miss the fp32 tolerance); fp16/bf16
+    # inputs use the tensor cores directly
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _mask_args(mask: torch.Tensor | None, q: torch.Tensor):
+    """(int8 mask tensor, stride over B, stride over Nq, Nm); a dummy when there is none."""
+    if mask is None:
+        return q, 0, 0, 1
+    m8 = mask.to(torch.int8).contiguous()
+    if m8.dim() == 2:  # (Nq, Nm): the same for every batch
+        return m8, 0, m8.stride(0), m8.shape[-1]
+    return m8, m8.stride(0), m8.stride(1), m8.shape[-1]
+
+
+def _flash_fwd_triton(q, k, v, causal, scale, mask, block_m=None, block_n=None):
+    """Launch the forward kernel; returns O (B, H, Nq, d) in q's dtype and L (B, H, Nq) fp32."""
+    q, k, v = map(_last_dim_contiguous, (q, k, v))
+    batch, heads, n_q, d = q.shape
+    n_k = k.shape[2]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device)
+    cfg = launch_config(d, n_q, n_k, "fwd")
+    cfg["BLOCK_M"] = block_m or cfg["BLOCK_M"]
+    cfg["BLOCK_N"] = block_n or cfg["BLOCK_N"]
+    m8, smb, smq, n_m = _mask_args(mask, q)
+    grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads)
+    _attn_fwd_kernel[grid](
+        q, k, v, out, lse, m8,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        smb, smq, heads, n_q, n_k, n_m, d, scale * LOG2E,
+        CAUSAL=causal, HAS_MASK=mask is not None, PRECISION=_precision(q.dtype), **cfg,
+    )
+    return out, lse
+
+
+def _flash_bwd_triton(q, k, v, out, lse, do, dlse, causal, scale, mask,
+                      block_m=None, block_n=None):
+    """dQ, dK, dV (eqs. 7-9) by recomputing P from L; ``dlse`` (or None) is L's gradient."""
+    q, k, v, out, do = map(_last_dim_contiguous, (q, k, v, out, do))
+    batch, heads, n_q, d = q.shape
+    n_k = k.shape[2]
+    pre = launch_config(d, n_q, n_k, "fwd")
+    delta = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device)
+    _attn_bwd_preprocess[(triton.cdiv(n_q, pre["BLOCK_M"]), batch * heads)](
+        out, do, delta, out.stride(0), out.stride(1), out.stride(2),
+        do.stride(0), do.stride(1), do.stride(2), heads, n_q, d,
+        BLOCK_M=pre["BLOCK_M"], BLOCK_D=pre["BLOCK_D"],
+    )
+    if dlse is not None:  # dL_i/dS_ij = P_ij, so L's gradient enters as D_i - dL_i
+        delta = delta - dlse.float()
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    m8, smb, smq, n_m = _mask_args(mask, q)
+    common = (
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        smb, smq, heads, n_q, n_k, n_m, d, scale, scale * LOG2E,
+    )
+    flags = dict(CAUSAL=causal, HAS_MASK=mask is not None, PRECISION=_precision(q.dtype))
+    for kind in ("dkdv", "dq"):
+        cfg = launch_config(d, n_q, n_k, kind)
+        cfg["BLOCK_M"] = block_m or cfg["BLOCK_M"]
+        cfg["BLOCK_N"] = block_n or cfg["BLOCK_N"]
+        if kind == "dkdv":
+            grid = (triton.cdiv(n_k, cfg["BLOCK_N"]), batch * heads)
+            _attn_bwd_dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, m8, *common,
+                                        **flags, **cfg)
+        else:
+            grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads)
+            _attn_bwd_dq_kernel[grid](q, k, v, do, lse, delta, dq, m8, *common, **flags, **cfg)
+    return dq, dk, dv
+
+
+def aot_specs() -> list[KernelSpec]:
+    """Default GPU configurations (fp16 and bf16), compiled by ``python -m lib.bench compile``."""
+    ints = ["H", "N_Q", "N_K", "N_M", "HEAD_DIM"]
+    specs = []
+    for dt in ("fp16", "bf16"):
+        for block_d in (64, 128, 256):
+            flags = {"BLOCK_D": block_d, "CAUSAL": True, "HAS_MASK": False,
+                     "PRECISION": "tf32"}
+            strides = [f"stride_{t}{a}" for t in ("q", "k", "v") for a in "bhn"]
+            fwd = {p: f"*{dt}" for p in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}
+            fwd |= {"lse_ptr": "*fp32", "mask_ptr": "*i8"}
+            fwd |= {s: "i32" for s in strides + ["stride_ob", "stride_oh", "stride_on",
+                                                 "stride_mb", "stride_mq"] + ints}
+            fwd |= {"qk_scale": "fp32"}
+            bwd = {p: f"*{dt}" for p in ("q_ptr", "k_ptr", "v_ptr", "do_ptr")}
+            bwd |= {"lse_ptr": "*fp32", "delta_ptr": "*fp32"}
+            dkdv = bwd | {"dk_ptr": f"*{dt}", "dv_ptr": f"*{dt}", "mask_ptr": "*i8"}
+            dq = bwd | {"dq_ptr": f"*{dt}", "mask_ptr": "*i8"}
+            rest = {s: "i32" for s in strides + ["stride_dob", "stride_doh", "stride_don",
+                                                 "stride_mb", "stride_mq"] + ints}
+            rest |= {"sm_scale": "fp32", "qk_scale": "fp32"}
+            for kind, kernel, sig in (("fwd", _attn_fwd_kernel, fwd),
+                                      ("dkdv", _attn_bwd_dkdv_kernel, dkdv | rest),
+                                      ("dq", _attn_bwd_dq_kernel, dq | rest)):
+                cfg = dict(_GPU_CONFIGS[kind][block_d])
+                warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+                specs.append(KernelSpec(
+                    f"attn_{kind} ({dt}, d={block_d})", kernel, sig, cfg | flags,
+                    num_warps=warps, num_stages=stages, matmul=True))
+    return specs
+
+
+# --------------------------------------------------------------------------- autograd wrapper
+
+
+class _FlashAttention(torch.autograd.Function):
+    """Saves exactly what the backward needs: q, k, v, O and L (not the Nq x Nk matrix P)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale, mask):
+        out, lse = _flash_fwd_triton(q, k, v, causal, scale, mask)
+        ctx.save_for_backward(q, k, v, out, lse, mask)
+        ctx.causal, ctx.scale = causal, scale
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, out, lse, mask = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros_like(out)
+        dq, dk, dv = _flash_bwd_triton(q, k, v, out, lse, do, dlse, ctx.causal, ctx.scale,
+                                       mask)
+        return dq, dk, dv, None, None, None
+
+
 # ---------------------------------------------------------------------------- public function
 
 
@@ -195,4 +730,7 @@ def flash_attention(
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     if resolve_backend(backend, q) == "torch":
         return attention_reference(q, k, v, causal, scale, mask, return_lse=return_lse)
-    raise NotImplementedError("the Triton path of flash_attention is being written")
+    if q.shape[0] * q.shape[1] == 0:  # nothing to launch
+        return attention_reference(q, k, v, causal, scale, mask, return_lse=return_lse)
+    out, lse = _FlashAttention.apply(q, k, v, causal, scale, mask)
+    return (out, lse) if return_lse else out
