@@ -1,0 +1,484 @@
+"""A small decoder-only Transformer: positions, multi-head attention, pre-norm blocks, TinyLM.
+
+Chapter 6 (equation numbers refer to it). Vaswani et al. (2017), "Attention is all you
+need"; the pre-norm block of Xiong et al. (2020); the code layout of nanoGPT.
+
+Shapes: B batch, T new tokens, Tp tokens already in the KV cache, C = d_model,
+H heads of size hd = C / H, V vocabulary size.
+
+* :func:`sinusoidal_positions` (eq. 8) and :func:`position_rotation` (eq. 9): the table
+  PE[p] and the rotation M_k with PE[p + k] = M_k PE[p] for every p.
+* :class:`MultiHeadAttention` (eq. 6): project, split heads, attend with
+  :func:`lib.attention.flash_attention` (the core, chapter 7), merge heads, project.
+  Same parameter layout as ``torch.nn.MultiheadAttention`` (``in_proj`` = ``qkv``).
+* :class:`TransformerBlock` (eq. 10): x + MHA(LN(x)), then x + MLP(LN(x)).
+* :class:`TinyLM`: embedding + positions, n blocks, final LayerNorm, tied output layer.
+  ``forward(idx, past, mask, position_ids, return_hidden)`` serves training, decoding with
+  a KV cache, and chapter 9's Medusa (hidden states; a tree of candidates scored in one
+  pass with an attention mask and explicit position ids). ``generate`` decodes greedily
+  or by sampling, with or without the cache.
+* :func:`train_lm` and :func:`evaluate_lm`: the training loop and the validation loss.
+
+The KV cache ("past") is a list with one ``(k, v)`` pair per block, each (B, H, Tp, hd).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attention import flash_attention
+from .validate import FLOAT_DTYPES, check_positive_int, check_tensor
+
+Past = list[tuple[torch.Tensor, torch.Tensor]]
+
+# ----------------------------------------------------------------- positional encodings
+
+
+def sinusoidal_positions(
+    n: int, d: int, base: float = 10000.0, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The sinusoidal position table of Vaswani et al. (eq. 8), shape (n, d), fp32.
+
+    PE[p, 2i] = sin(p w_i), PE[p, 2i + 1] = cos(p w_i), w_i = base^(-2i / d); d even.
+    """
+    check_positive_int(n, "n")
+    check_positive_int(d, "d")
+    if d % 2:
+        raise ValueError(f"d must be even (sin and cos come in pairs), got {d}")
+    if not base > 1:
+        raise ValueError(f"base must be greater than 1, got {base}")
+    p = torch.arange(n, dtype=torch.float64, device=device)[:, None]  # (n, 1)
+    w = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)  # (d/2,)
+    pe = torch.empty(n, d, dtype=torch.float64, device=device)
+    pe[:, 0::2] = torch.sin(p * w)
+    pe[:, 1::2] = torch.cos(p * w)
+    return pe.float()
+
+
+def position_rotation(k: int, d: int, base: float = 10000.0) -> torch.Tensor:
+    """The (d, d) matrix M_k with PE[p + k] = M_k PE[p] for every position p (eq. 9).
+
+    Block diagonal: each (sin, cos) pair of frequency w_i turns by the angle k w_i.
+    """
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    check_positive_int(d, "d")
+    if d % 2:
+        raise ValueError(f"d must be even (sin and cos come in pairs), got {d}")
+    w = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    c, s = torch.cos(k * w), torch.sin(k * w)
+    m = torch.zeros(d, d, dtype=torch.float64)
+    i = torch.arange(0, d, 2)
+    # [sin(a + b), cos(a + b)] = [[cos b, sin b], [-sin b, cos b]] [sin a, cos a]
+    m[i, i], m[i, i + 1], m[i + 1, i], m[i + 1, i + 1] = c, s, -s, c
+    return m.float()
+
+
+# ------------------------------------------------------------------------ the modules
+
+
+def _check_past(past_kv, b: int, h: int, hd: int, x: torch.Tensor, name: str = "past"):
+    k, v = past_kv
+    for part, t in (("k", k), ("v", v)):
+        check_tensor(t, f"{name} {part}", ndim=4)
+        if t.shape[0] != b or t.shape[1] != h or t.shape[3] != hd:
+            raise ValueError(
+                f"{name} {part} must have shape (B, H, Tp, hd) = ({b}, {h}, Tp, {hd}), "
+                f"got {tuple(t.shape)}"
+            )
+        if t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"{name} {part} must match x's dtype and device "
+                             f"({x.dtype}, {x.device}), got ({t.dtype}, {t.device})")
+    if k.shape != v.shape:
+        raise ValueError(f"{name} k and v must have the same shape, got "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention (eq. 6) whose core is :func:`lib.attention.flash_attention`.
+
+    x: (B, T, C) -> (B, T, C). Parameters as ``torch.nn.MultiheadAttention``:
+    ``qkv`` is its ``in_proj`` (rows: W_Q, W_K, W_V), ``proj`` its ``out_proj``.
+    ``backend`` is passed to ``flash_attention`` ("auto": Triton on CUDA, PyTorch elsewhere).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, bias: bool = True, backend: str = "auto"):
+        super().__init__()
+        check_positive_int(d_model, "d_model")
+        check_positive_int(n_heads, "n_heads")
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.backend = backend
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        causal: bool = False,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attend from the T new tokens to the Tp cached ones and to themselves.
+
+        x: (B, T, C); past: None or (k, v), each (B, H, Tp, hd); causal: bottom-right
+        aligned, new token t sees cache + tokens 0..t; mask: None or bool (T, Nm) or
+        (B, T, Nm) on the last Nm keys, ANDed with causal (see ``flash_attention``).
+        Returns y (B, T, C) and the updated cache (k, v), each (B, H, Tp + T, hd).
+        """
+        check_tensor(x, "x", ndim=3, dtypes=FLOAT_DTYPES)
+        b, t, c = x.shape
+        if c != self.d_model:
+            raise ValueError(f"x must have last dim d_model={self.d_model}, got {c}")
+        h, hd = self.n_heads, self.head_dim
+        q, k, v = self.qkv(x).split(c, dim=2)  # 3 x (B, T, C)
+        q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))  # (B, H, T, hd)
+        if past is not None:
+            _check_past(past, b, h, hd, x)
+            k = torch.cat([past[0], k], dim=2)  # (B, H, Tp + T, hd)
+            v = torch.cat([past[1], v], dim=2)
+        y = flash_attention(q, k, v, causal=causal, mask=mask, backend=self.backend)
+        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, H, hd) -> (B, T, C)
+        return self.proj(y), (k, v)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block (eq. 10): x + MHA(LN1(x)), then x + MLP(LN2(x)).
+
+    x: (B, T, C) -> (B, T, C). Causal self-attention; the MLP is C -> 4C -> C with GELU.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int = 4, backend: str = "auto"):
+        super().__init__()
+        check_positive_int(mlp_ratio, "mlp_ratio")
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = MultiHeadAttention(d_model, n_heads, backend=backend)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * d_model, d_model),
+        )
+
+    def forward(self, x, past=None, mask=None):
+        """x: (B, T, C); past, mask as in :class:`MultiHeadAttention`. Returns (x, (k, v))."""
+        a, present = self.attn(self.ln1(x), past=past, causal=True, mask=mask)
+        x = x + a  # the residual path: gradient 1 straight to the input
+        x = x + self.mlp(self.ln2(x))
+        return x, present
+
+
+class LMOutput(NamedTuple):
+    """What :meth:`TinyLM.forward` returns."""
+
+    logits: torch.Tensor  # (B, T, V)
+    past: Past  # one (k, v) per block, each (B, H, Tp + T, hd)
+    hidden: torch.Tensor | None  # (B, T, C) after the final LayerNorm, if asked for
+
+
+class TinyLM(nn.Module):
+    """A decoder-only character language model: embedding, sinusoidal positions, blocks.
+
+    Token embeddings are scaled by sqrt(C) and tied to the output layer, as in Vaswani
+    et al.; positions come from :func:`sinusoidal_positions` (no learned position table),
+    so any position below ``max_len`` can be addressed, including the repeated positions
+    of a tree of candidates.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        n_heads: int,
+        n_layers: int,
+        max_len: int,
+        mlp_ratio: int = 4,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("d_model", d_model),
+                            ("n_layers", n_layers), ("max_len", max_len)):
+            check_positive_int(value, name)
+        if d_model % 2:
+            raise ValueError(f"d_model must be even for sinusoidal positions, got {d_model}")
+        self.vocab_size, self.d_model, self.max_len = vocab_size, d_model, max_len
+        self.n_heads, self.n_layers = n_heads, n_layers
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.register_buffer("pos_table", sinusoidal_positions(max_len, d_model), persistent=False)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d_model, n_heads, mlp_ratio, backend) for _ in range(n_layers)
+        )
+        self.ln_f = nn.LayerNorm(d_model)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying
+        self._init_weights()
+
+    def _init_weights(self):
+        # nanoGPT/GPT-2: N(0, 0.02) weights, zero biases, residual projections shrunk by
+        # 1/sqrt(2 n_layers) so that the residual stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 2:
+                std = 0.02
+                if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                    std = 0.02 / math.sqrt(2 * self.n_layers)
+                nn.init.normal_(p, 0.0, std)
+        nn.init.normal_(self.tok_emb.weight, 0.0, self.d_model ** -0.5)  # sqrt(C) x -> N(0, 1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        past: Past | None = None,
+        mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> LMOutput:
+        """Next-token logits for the T tokens ``idx`` (B, T), after the cached ``past``.
+
+        past: None or the ``past`` of an earlier call (one (k, v) per block), Tp tokens.
+        mask: None or bool (T, Nm) / (B, T, Nm) on the last Nm keys (True = may attend),
+        ANDed with the causal mask; e.g. a tree of candidates in topological order (a
+        node after its ancestors) with mask[i, j] = "j is i or an ancestor of i".
+        position_ids: None (Tp, Tp + 1, ..., Tp + T - 1) or a LongTensor (T,) / (B, T)
+        with values below ``max_len``, e.g. prefix length + depth for tree nodes.
+        Returns :class:`LMOutput` (logits (B, T, V), the new past, hidden (B, T, C) or None).
+        """
+        check_tensor(idx, "idx", ndim=2)
+        if idx.dtype != torch.long:
+            raise TypeError(f"idx must be a LongTensor of token ids, got {idx.dtype}")
+        b, t = idx.shape
+        if t < 1:
+            raise ValueError("idx must hold at least one token per row, got T=0")
+        if idx.min() < 0 or idx.max() >= self.vocab_size:
+            raise ValueError(f"idx must hold token ids in [0, {self.vocab_size}), got values "
+                             f"in [{int(idx.min())}, {int(idx.max())}]")
+        if past is not None and len(past) != self.n_layers:
+            raise ValueError(f"past must hold one (k, v) per block ({self.n_layers}), "
+                             f"got {len(past)}")
+        t_past = 0 if past is None else past[0][0].shape[2]
+        if position_ids is None:
+            if t_past + t > self.max_len:
+                raise ValueError(f"the sequence (Tp + T = {t_past} + {t}) is longer than "
+                                 f"max_len={self.max_len}")
+            position_ids = torch.arange(t_past, t_past + t, device=idx.device)
+        else:
+            check_tensor(position_ids, "position_ids", ndim=(1, 2))
+            if position_ids.dtype != torch.long:
+                raise TypeError(f"position_ids must be a LongTensor, got {position_ids.dtype}")
+            if position_ids.shape[-1] != t or (position_ids.dim() == 2
+                                               and position_ids.shape[0] != b):
+                raise ValueError(f"position_ids must have shape ({t},) or ({b}, {t}), got "
+                                 f"{tuple(position_ids.shape)}")
+            if position_ids.min() < 0 or position_ids.max() >= self.max_len:
+                raise ValueError(f"position_ids must lie in [0, max_len={self.max_len})")
+        x = self.tok_emb(idx) * math.sqrt(self.d_model) + self.pos_table[position_ids]  # (B,T,C)
+        present = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, past=None if past is None else past[i], mask=mask)
+            present.append(kv)
+        hidden = self.ln_f(x)  # (B, T, C)
+        return LMOutput(self.lm_head(hidden), present, hidden if return_hidden else None)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Continue ``prompt`` (B, T) by ``max_new_tokens``; returns (B, T + max_new_tokens).
+
+        temperature 0 is greedy (argmax); otherwise sample from softmax(logits / temperature)
+        restricted to the ``top_k`` most likely tokens, drawing from ``generator``.
+        With ``use_cache`` each step feeds one token and reuses the KV cache; without it,
+        each step reruns the whole sequence (the check that the cache is right).
+        """
+        check_tensor(prompt, "prompt", ndim=2)
+        if prompt.dtype != torch.long:
+            raise TypeError(f"prompt must be a LongTensor of token ids, got {prompt.dtype}")
+        check_positive_int(max_new_tokens, "max_new_tokens", minimum=0)
+        if prompt.shape[1] + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt length {prompt.shape[1]} + max_new_tokens "
+                             f"{max_new_tokens} exceeds max_len={self.max_len}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not temperature >= 0:
+            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        if top_k is not None:
+            check_positive_int(top_k, "top_k")
+        was_training = self.training
+        self.eval()
+        seq, past, step_in = prompt, None, prompt
+        for _ in range(max_new_tokens):
+            if use_cache:
+                out = self(step_in, past=past)
+                past = out.past
+            else:
+                out = self(seq)
+            logits = out.logits[:, -1, :].float()  # (B, V)
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k < logits.shape[-1]:
+                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, -math.inf)
+                probs = torch.softmax(logits, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            seq, step_in = torch.cat([seq, nxt], dim=1), nxt
+        self.train(was_training)
+        return seq
+
+
+def select_cache(past: Past, index: torch.Tensor) -> Past:
+    """Keep the cached positions ``index`` (1-D LongTensor) of every block, in that order.
+
+    After a tree of candidates was verified (chapter 9), the cache holds the prefix and
+    every node; keeping the prefix and the accepted path makes it a plain cache again.
+    """
+    check_tensor(index, "index", ndim=1)
+    if index.dtype != torch.long:
+        raise TypeError(f"index must be a LongTensor, got {index.dtype}")
+    return [(k.index_select(2, index), v.index_select(2, index)) for k, v in past]
+
+
+# ------------------------------------------------------------------ training, evaluation
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in nats (eq. 11): logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def _check_tokens(tokens, seq_len: int, name: str = "tokens"):
+    check_tensor(tokens, name, ndim=1)
+    if tokens.dtype != torch.long:
+        raise TypeError(f"{name} must be a LongTensor of token ids, got {tokens.dtype}")
+    if tokens.numel() < seq_len + 1:
+        raise ValueError(f"{name} must hold at least seq_len + 1 = {seq_len + 1} tokens, "
+                         f"got {tokens.numel()}")
+
+
+def train_lm(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    steps: int,
+    batch_size: int = 32,
+    seq_len: int | None = None,
+    lr: float = 3e-3,
+    weight_decay: float = 0.1,
+    warmup: int | None = None,
+    grad_clip: float | None = 1.0,
+    seed: int = 0,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
+    desc: str = "training",
+) -> list[float]:
+    """Train ``model`` on random windows of the 1-D LongTensor ``tokens``; return the losses.
+
+    Each step draws ``batch_size`` windows of ``seq_len + 1`` tokens (``seq_len`` defaults
+    to ``model.max_len``) from a generator seeded with ``seed``; inputs are the first
+    ``seq_len`` tokens, targets the last ``seq_len``. The loss is ``loss_fn(model, x, y)``,
+    by default :func:`lm_loss` of ``model(x).logits``. AdamW on the parameters that
+    require grad (weight decay on matrices only), linear warmup then cosine decay to
+    lr / 10, gradient clipping. A ``tqdm.auto`` bar shows progress. Returns the loss of
+    every step (floats). The model is left in the training mode it had.
+    """
+    seq_len = getattr(model, "max_len", None) if seq_len is None else seq_len
+    check_positive_int(seq_len, "seq_len")
+    _check_tokens(tokens, seq_len)
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if warmup is None:
+        warmup = min(100, steps // 10)
+    check_positive_int(warmup, "warmup", minimum=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no parameters that require grad")
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
+
+    def lr_at(step):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        frac = (step - warmup) / max(1, steps - warmup)
+        return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+
+    loss_fn = loss_fn or (lambda m, x, y: lm_loss(m(x).logits, y))
+    device = params[0].device
+    g = torch.Generator().manual_seed(seed)
+    offsets = torch.arange(seq_len + 1)
+    was_training = model.training
+    model.train()
+    history = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
+    for step in bar:
+        starts = torch.randint(0, tokens.numel() - seq_len, (batch_size, 1), generator=g)
+        window = tokens[starts + offsets].to(device)  # (B, seq_len + 1)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = loss_fn(model, window[:, :-1], window[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        history.append(loss.item())
+        if step % 25 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{history[-1]:.3f}", refresh=False)
+    model.train(was_training)
+    return history
+
+
+@torch.no_grad()
+def evaluate_lm(
+    model: nn.Module, tokens: torch.Tensor, seq_len: int | None = None, batch_size: int = 64
+) -> float:
+    """Mean next-token cross-entropy (nats per token) of ``model`` over ``tokens`` (1-D).
+
+    ``tokens`` is cut into consecutive windows of ``seq_len + 1`` tokens that overlap by
+    one, so every token after the first is predicted exactly once, from the context of
+    its own window. exp of the result is the perplexity (eq. 12).
+    """
+    seq_len = getattr(model, "max_len", None) if seq_len is None else seq_len
+    check_positive_int(seq_len, "seq_len")
+    check_positive_int(batch_size, "batch_size")
+    _check_tokens(tokens, 1)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n = tokens.numel()
+    n_full = (n - 1) // seq_len  # full windows; a shorter tail window takes the rest
+    x = tokens[: n_full * seq_len].view(n_full, seq_len)  # (n_full, seq_len)
+    y = tokens[1 : n_full * seq_len + 1].view(n_full, seq_len)
+    batches = [(x[i : i + batch_size], y[i : i + batch_size])
+               for i in range(0, n_full, batch_size)]
+    rest = n_full * seq_len
+    if rest < n - 1:
+        batches.append((tokens[rest : n - 1][None], tokens[rest + 1 :][None]))
+    total = 0.0
+    for xb, yb in batches:
+        logits = model(xb.to(device)).logits
+        total += F.cross_entropy(logits.flatten(0, 1).float(), yb.to(device).flatten(),
+                                 reduction="sum").item()
+    model.train(was_training)
+    return total / (n - 1)
