@@ -55,13 +55,13 @@ class CompileReport:
     matmul: bool
 
 
-def collect_specs() -> list[KernelSpec]:
-    """Import every module of ``lib`` and gather the specs of those that define ``aot_specs``."""
+def collect_specs(modules: tuple[str, ...] | None = None) -> list[KernelSpec]:
+    """Gather the specs of every ``lib`` module that defines ``aot_specs`` (or of ``modules``)."""
     import lib
 
     specs = []
     for info in pkgutil.iter_modules(lib.__path__):
-        if info.name in {"aot", "bench"}:
+        if info.name in {"aot", "bench"} or (modules and info.name not in modules):
             continue
         module = importlib.import_module(f"lib.{info.name}")
         if hasattr(module, "aot_specs"):
@@ -106,30 +106,32 @@ def compile_spec(spec: KernelSpec, target: str) -> CompileReport:
     )
 
 
-def compile_all(targets=tuple(TARGETS)) -> list[CompileReport]:
-    """Compile every spec of every module for every target."""
-    return [compile_spec(spec, t) for spec in collect_specs() for t in targets]
+def compile_all(targets=tuple(TARGETS), modules=None) -> list[CompileReport]:
+    """Compile every spec of every module (or of ``modules``) for every target."""
+    return [compile_spec(spec, t) for spec in collect_specs(modules) for t in targets]
 
 
-def compile_all_subprocess() -> list[CompileReport]:
-    """Run :func:`compile_all` in a fresh interpreter with ``TRITON_INTERPRET=0``."""
+def compile_all_subprocess(modules: tuple[str, ...] | None = None) -> list[CompileReport]:
+    """Run :func:`compile_all` in a fresh interpreter with ``TRITON_INTERPRET=0``.
+
+    modules: names such as ``("softmax",)`` to compile only those modules' kernels.
+    """
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    out = subprocess.run(
-        [sys.executable, "-m", "lib.aot", "--json"], env=env, capture_output=True, text=True
-    )
+    cmd = [sys.executable, "-m", "lib.aot", "--json", *(f"--module={m}" for m in modules or ())]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"ahead-of-time compilation failed:\n{out.stderr[-4000:]}")
     return [CompileReport(**r) for r in json.loads(out.stdout)]
 
 
 def format_table(reports: list[CompileReport]) -> str:
-    header = f"{'kernel':<34}{'target':<8}{'regs':>6}{'spill B':>9}{'smem KiB':>10}  tensor cores"
+    header = f"{'kernel':<34}{'target':<8}{'regs':>6}{'spill B':>9}{'smem B':>9}  tensor cores"
     rows = [header, "-" * len(header)]
     for r in reports:
         tc = ("yes" if r.tensor_cores else "NO") if r.matmul else "n/a (no matmul)"
         rows.append(
             f"{r.name:<34}{r.target:<8}{r.registers:>6}{r.spill_bytes:>9}"
-            f"{r.shared_bytes / 1024:>10.1f}  {tc}"
+            f"{r.shared_bytes:>9}  {tc}"
         )
     return "\n".join(rows)
 
@@ -137,7 +139,8 @@ def format_table(reports: list[CompileReport]) -> str:
 if __name__ == "__main__":
     from lib.backend import INTERPRET
 
-    reports = compile_all_subprocess() if INTERPRET else compile_all()
+    modules = tuple(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--module="))
+    reports = compile_all_subprocess(modules) if INTERPRET else compile_all(modules=modules)
     if "--json" in sys.argv:
         print(json.dumps([asdict(r) for r in reports]))
     else:

@@ -8,12 +8,19 @@ companion of a widget, which plays in the rendered book with no kernel and no ne
 
 from __future__ import annotations
 
+import re
+
 import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib import animation
 
 # Colour-blind-safe palette (Okabe & Ito), in the order curves are drawn.
 COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+_BUTTON_SYMBOLS = {  # matplotlib's Font Awesome icons -> text
+    "fa-minus": "&minus;", "fa-fast-backward": "|&#9664;", "fa-step-backward": "&#9664;|",
+    "fa-play fa-flip-horizontal": "&#9664;", "fa-pause": "&#8214;", "fa-play": "&#9654;",
+    "fa-step-forward": "|&#9654;", "fa-fast-forward": "&#9654;|", "fa-plus": "+",
+}
 PAGE_WIDTH = 7.0  # inches: the text width of the book's HTML theme at 100 dpi
 
 
@@ -47,4 +54,9 @@ def animation_html(fig, draw, frames: int, interval: int = 400) -> str:
     anim = animation.FuncAnimation(fig, draw, frames=frames, interval=interval)
     html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
+    # matplotlib draws its buttons with Font Awesome 4 from a CDN; use plain symbols so that
+    # the controls show with no network
+    html = re.sub(r'<link rel="stylesheet"\s*href="[^"]*font-awesome[^"]*">', "", html)
+    for icon, symbol in _BUTTON_SYMBOLS.items():
+        html = html.replace(f'<i class="fa {icon}"></i>', symbol)
     return html

@@ -5,6 +5,7 @@ widgets drawn. Screenshots go to _build/screenshots/.
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ CHROMIUM = next(
 def build():
     jb = Path(sys.executable).with_name("jupyter-book")
     out = subprocess.run(
-        [str(jb), "build", "-W", "-n", "--keep-going", str(ROOT)],
+        [str(jb), "build", "--all", "-W", "-n", "--keep-going", str(ROOT)],
         cwd=ROOT, capture_output=True, text=True,
     )
     return out
@@ -56,6 +57,11 @@ def pages():
     )
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
 def browser(build):
     if CHROMIUM is None:
@@ -65,8 +71,7 @@ def browser(build):
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
-    handler.log_message = lambda *args: None
+    handler = functools.partial(QuietHandler, directory=str(HTML))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with sync_playwright() as p:
@@ -79,6 +84,18 @@ def browser(build):
         yield chromium, f"http://127.0.0.1:{server.server_address[1]}"
         chromium.close()
     server.shutdown()
+
+
+def local_only(base, blocked):
+    """A route handler that serves the book and refuses (and records) any other request."""
+
+    def handle(route):
+        if route.request.url.startswith((base, "data:")):
+            return route.continue_()
+        blocked.append(route.request.url)
+        return route.abort()
+
+    return handle
 
 
 # Runs in the page: text outside code blocks that still looks like TeX source.
@@ -106,17 +123,12 @@ def test_pages_render_offline(browser):
     assert found, "no pages were built"
     for page_path in found:
         errors, external = [], []
-        page = chromium.new_page(viewport={"width": 1200, "height": 900})
+        page = chromium.new_page(viewport={"width": 1400, "height": 900})
         page.on("console", lambda m, e=errors: m.type == "error" and e.append(m.text))
         page.on("pageerror", lambda exc, e=errors: e.append(str(exc)))
+        page.on("response", lambda r, e=errors: r.status >= 400 and e.append(f"{r.status} {r.url}"))
 
-        def only_local(route, ext=external):
-            if route.request.url.startswith(base) or route.request.url.startswith("data:"):
-                return route.continue_()
-            ext.append(route.request.url)
-            return route.abort()
-
-        page.route("**/*", only_local)
+        page.route("**/*", local_only(base, external))
         page.goto(f"{base}/{page_path}", wait_until="networkidle")
         page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
         widgets = page.evaluate(WIDGETS)
@@ -141,4 +153,4 @@ def test_pages_render_offline(browser):
         issue = {k: v for k, v in issue.items() if v}
         if issue:
             problems[page_path] = issue
-    assert not problems, problems
+    assert not problems, json.dumps(problems, indent=1)

@@ -6,13 +6,17 @@ widgets of an offline reader stay blank. At build time this extension fetches bo
 packages from the npm registry (once, into ``_build/.offline-js``, checked against
 the registry's sha512 integrity), copies them into the site and points myst-nb at
 the local copies. If they cannot be fetched, the build keeps the CDN addresses and
-says so in its log.
+says so in its log. ``widgets-setup.js`` (beside this file) points html-manager at its
+icon fonts in the site and bridges its MathJax 2 calls to the book's MathJax 3.
+
+The extension also drops duplicated script tags, which raise console errors.
 """
 
 import base64
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 import urllib.request
 
@@ -69,11 +73,29 @@ def use_local_widget_js(app, config):
         logger.info(f"offline_widgets: could not fetch the widget JavaScript ({error}); "
                     "widgets will load it from CDNs")
         return
+    here = os.path.dirname(os.path.abspath(__file__))
+    shutil.copy(os.path.join(here, "widgets-setup.js"), os.path.join(cache, FOLDER))
     config.html_static_path = list(config.html_static_path) + [cache]
-    config.nb_ipywidgets_js = {f"{FOLDER}/require.js": {}, f"{FOLDER}/embed-amd.js": {}}
+    config.nb_ipywidgets_js = {  # in this order: the setup script needs require, not embed
+        f"{FOLDER}/require.js": {},
+        f"{FOLDER}/widgets-setup.js": {},
+        f"{FOLDER}/embed-amd.js": {},
+    }
     logger.info("offline_widgets: ipywidgets JavaScript served from the site")
+
+
+def drop_duplicate_scripts(app, pagename, templatename, context, doctree):
+    """Keep the first of identical scripts (sphinx-thebe and togglebutton add theirs twice)."""
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        key = (script.filename or None, script.attributes.get("body"))  # None or "" if inline
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    context["script_files"] = unique
 
 
 def setup(app):
     app.connect("config-inited", use_local_widget_js)
+    app.connect("html-page-context", drop_duplicate_scripts, priority=1000)  # after the theme
     return {"parallel_read_safe": True, "parallel_write_safe": True}
