@@ -73,7 +73,7 @@ def forward_count(n: int, k: int) -> int:
 
 
 def optimal_segments(n: int) -> int:
-    """The number of segments k minimising the memory model n/k + k (eq. 5): floor or ceil of sqrt(n).
+    """The k minimising the memory model n/k + k (eq. 5): floor or ceil of sqrt(n).
 
     It also minimises the exact peak (k - 1) + n // k of eq. 4 (checked for every n up to
     1000 in the tests); ties go to the smaller k, which recomputes fewer layers.
@@ -342,7 +342,8 @@ def checkpoint(fn: Callable, *args, preserve_rng_state: bool = True, **kwargs):
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if not isinstance(preserve_rng_state, bool):
-        raise TypeError(f"preserve_rng_state must be a bool, got {type(preserve_rng_state).__name__}")
+        raise TypeError("preserve_rng_state must be a bool, "
+                        f"got {type(preserve_rng_state).__name__}")
     if not torch.is_grad_enabled():  # nothing will be saved: nothing to checkpoint
         return fn(*args, **kwargs)
     frame = _Frame(fn, args, kwargs, preserve_rng_state)
@@ -466,7 +467,7 @@ class _Ledger:
 
 
 class _Counted:
-    """A saved tensor on the ledger; its storage is released from the ledger when autograd drops it."""
+    """A saved tensor on the ledger; its storage leaves the ledger when autograd drops it."""
 
     __slots__ = ("ledger", "tensor", "key")
 

@@ -190,7 +190,8 @@ def test_saved_bytes_equal_the_model_for_every_k(n):
     model = mlp_chain(n, WIDTH)
     x = torch.randn(BATCH, WIDTH, requires_grad=True)
     for k in range(1, n + 1):
-        measured = saved_activation_bytes(lambda x: checkpoint_sequential(model, k, x), x)
+        measured = saved_activation_bytes(
+            lambda x, k=k: checkpoint_sequential(model, k, x), x)
         assert measured == peak_activations(n, k) * UNIT == segment_schedule(n, k).peak * UNIT
 
 
