@@ -307,14 +307,14 @@ class TinyLM(nn.Module):
         restricted to the ``top_k`` most likely tokens, drawing from ``generator``.
         With ``use_cache`` each step feeds one token and reuses the KV cache; without it,
         each step reruns the whole sequence (the check that the cache is right).
+        The model sees at most the last ``max_len`` tokens. Once the sequence is longer,
+        every step reruns that window: positions are absolute, so a cache computed at
+        positions 0.. cannot slide along with the window.
         """
         check_tensor(prompt, "prompt", ndim=2)
         if prompt.dtype != torch.long:
             raise TypeError(f"prompt must be a LongTensor of token ids, got {prompt.dtype}")
         check_positive_int(max_new_tokens, "max_new_tokens", minimum=0)
-        if prompt.shape[1] + max_new_tokens > self.max_len:
-            raise ValueError(f"prompt length {prompt.shape[1]} + max_new_tokens "
-                             f"{max_new_tokens} exceeds max_len={self.max_len}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
                 or not temperature >= 0:
             raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
@@ -322,13 +322,13 @@ class TinyLM(nn.Module):
             check_positive_int(top_k, "top_k")
         was_training = self.training
         self.eval()
-        seq, past, step_in = prompt, None, prompt
+        seq, past = prompt, None
         for _ in range(max_new_tokens):
-            if use_cache:
-                out = self(step_in, past=past)
-                past = out.past
+            if use_cache and past is not None and seq.shape[1] <= self.max_len:
+                out = self(seq[:, -1:], past=past)  # one new token against the cache
             else:
-                out = self(seq)
+                out = self(seq[:, -self.max_len :])  # the whole (windowed) sequence
+            past = out.past
             logits = out.logits[:, -1, :].float()  # (B, V)
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
@@ -339,7 +339,7 @@ class TinyLM(nn.Module):
                     logits = logits.masked_fill(logits < kth, -math.inf)
                 probs = torch.softmax(logits, dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-            seq, step_in = torch.cat([seq, nxt], dim=1), nxt
+            seq = torch.cat([seq, nxt], dim=1)
         self.train(was_training)
         return seq
 

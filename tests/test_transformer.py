@@ -190,6 +190,19 @@ def test_greedy_generation_with_cache_equals_without(seed):
     assert torch.equal(with_cache, without)
 
 
+def test_generation_beyond_max_len_slides_a_window():
+    """Past max_len the model sees the last max_len tokens, with or without the cache."""
+    model = tiny(2, max_len=12)
+    prompt = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(2))
+    out = model.generate(prompt, 20)
+    assert out.shape == (2, 25) and torch.equal(out, model.generate(prompt, 20, use_cache=False))
+    # the token after position 24 is the greedy choice given the last 12 tokens
+    last = model(out[:, -13:-1]).logits[:, -1].argmax(-1)
+    assert torch.equal(last, out[:, -1])
+    long_prompt = torch.randint(0, 11, (1, 30))  # longer than max_len: cropped, not refused
+    assert model.generate(long_prompt, 3).shape == (1, 33)
+
+
 def test_sampled_generation_with_cache_equals_without():
     model = tiny(3)
     prompt = torch.randint(0, 11, (3, 1))
@@ -386,8 +399,6 @@ def test_generate_bad_input():
         model.generate(prompt.float(), 3)
     with pytest.raises(ValueError, match="prompt must have 2 dimensions"):
         model.generate(prompt[0], 3)
-    with pytest.raises(ValueError, match="exceeds max_len=40"):
-        model.generate(prompt, 37)
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate(prompt, -1)
     with pytest.raises(ValueError, match="temperature"):
