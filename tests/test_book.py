@@ -108,11 +108,16 @@ UNTYPESET = """() => {
 }"""
 BROKEN_IMAGES = """() => Array.from(document.images)
   .filter(img => !(img.complete && img.naturalWidth > 0)).map(img => img.src.slice(0, 80))"""
-WIDGETS = """() => ({
-  views: document.querySelectorAll(
-    'script[type="application/vnd.jupyter.widget-view+json"]').length,
-  drawn: document.querySelectorAll('.jupyter-widgets-view, .widget-subarea').length,
-})"""
+WIDGETS = """() => {
+  const views = Array.from(document.querySelectorAll(
+    'script[type="application/vnd.jupyter.widget-view+json"]'));
+  const drawn = views.filter(script => {
+    const area = script.previousElementSibling;  // html-manager renders the view just before
+    return area && area.classList.contains('widget-subarea')
+      && area.querySelector('.jupyter-widgets') !== null;
+  });
+  return {views: views.length, drawn: drawn.length};
+}"""
 
 
 def test_pages_render_offline(browser):
