@@ -4,9 +4,15 @@ Commands:
   compile   compile every Triton kernel ahead of time for sm_90a and sm_80 and print
             registers, spill bytes, shared memory and tensor-core use (works with no GPU)
   softmax   GB/s of lib.softmax against torch.softmax (needs CUDA)
+  unscale   GB/s of lib.floating_point's one-launch unscale + inf check against PyTorch's
+            fused op, on the gradients of a 24-layer transformer (needs CUDA)
   checkpointing  saved-activation bytes and forward calls of a 64-layer MLP for k = 1..64
             segments against the model, and the wall-time overhead of recomputation
             (CPU or CUDA; peak CUDA memory too on a GPU)
+  attention TFLOP/s of lib.attention.flash_attention (forward, forward + backward) against
+            torch SDPA for N = 512..16k, d = 64/128, causal or not, fp16/bf16 (needs CUDA)
+  attention-memory  peak extra CPU memory of attention_tiled vs attention_reference at
+            N = 1k, 4k, 16k (d = 64), each measured in a fresh process (CPU, Linux for RSS)
 
 Timings are never asserted in tests: speed is measured here and quoted, on the GPU it
 was measured on. Without CUDA the timing commands run a tiny correctness check through
@@ -69,6 +75,37 @@ def bench_softmax(args) -> None:
             name = str(dtype).removeprefix("torch.")
             print(f"{name:<9}{n:>7}{moved / t_lib / 1e6:>10.0f}{moved / t_ref / 1e6:>12.0f}"
                   f"{t_ref / t_lib:>7.2f}")
+
+
+def bench_unscale(args) -> None:
+    from .floating_point import unscale_and_check_
+
+    def check():
+        grads = [torch.randn(n) for n in (1, 300, 70000)]
+        expected = [g * 0.5 for g in grads]
+        found = unscale_and_check_(grads, torch.zeros(()), torch.tensor(0.5), backend="triton")
+        assert found.item() == 0
+        assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+
+    if not _needs_cuda("unscale", check):
+        return
+    d, layers, vocab = 1024, 24, 50304  # GPT-2 medium's parameter tensors (about 350M values)
+    block = [(3 * d, d), (3 * d,), (d, d), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,),
+             (d,), (d,), (d,), (d,)]
+    shapes = [(vocab, d), (1024, d)] + block * layers + [(d,), (d,)]
+    print(f"{len(shapes)} tensors; lib: one launch; torch: one fused call per dtype")
+    print(f"{'dtype':<10}{'lib GB/s':>10}{'torch GB/s':>12}{'ratio':>7}")
+    for dtype in (torch.float32, torch.bfloat16):
+        grads = [torch.randn(s, device="cuda", dtype=dtype) for s in shapes]
+        moved = 2 * sum(g.numel() * g.element_size() for g in grads)  # read + write
+        found, inv = torch.zeros((), device="cuda"), torch.ones((), device="cuda")
+        t_lib = gpu_time_ms(functools.partial(unscale_and_check_, grads, found, inv,
+                                              backend="triton"))
+        t_ref = gpu_time_ms(functools.partial(torch._amp_foreach_non_finite_check_and_unscale_,
+                                              grads, found, inv))
+        name = str(dtype).removeprefix("torch.")
+        print(f"{name:<10}{moved / t_lib / 1e6:>10.0f}{moved / t_ref / 1e6:>12.0f}"
+              f"{t_ref / t_lib:>7.2f}")
 
 
 def bench_checkpointing(args) -> None:
@@ -168,8 +205,105 @@ def bench_checkpointing(args) -> None:
           "OpenAI gradient-checkpointing, +20% computation time")
 
 
-COMMANDS = {"compile": bench_compile, "softmax": bench_softmax,
-            "checkpointing": bench_checkpointing}
+def bench_attention(args) -> None:
+    import torch.nn.functional as F
+    from torch.nn.attention.bias import causal_lower_right
+
+    from .attention import flash_attention
+
+    def check():
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 2, n, 40, generator=g, requires_grad=True)
+                   for n in (37, 101, 101))
+        out = flash_attention(q, k, v, causal=True, backend="triton")
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(37, 101))
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+        do = torch.randn(out.shape, generator=g)
+        got = torch.autograd.grad(out, (q, k, v), do)
+        for a, b in zip(got, torch.autograd.grad(ref, (q, k, v), do)):
+            torch.testing.assert_close(a, b, atol=2e-4, rtol=0)
+
+    if not _needs_cuda("attention", check):
+        return
+    # 16k tokens per batch, model width 2048: B = 16384 / N, H = 2048 / d (as flash-attn's
+    # benchmarks); FLOPs of the two matmuls 4 B H N^2 d (half when causal); backward = 2.5x
+    print("TFLOP/s of lib flash_attention (Triton) vs torch SDPA; ratio = lib / SDPA")
+    print(f"{'dtype':<6}{'d':>4}{'causal':>7}{'N':>7}{'fwd lib':>9}{'fwd sdpa':>9}{'ratio':>7}"
+          f"{'f+b lib':>9}{'f+b sdpa':>9}{'ratio':>7}")
+    for dtype in (torch.float16, torch.bfloat16):
+        for d in (64, 128):
+            for causal in (False, True):
+                for n in (512, 1024, 2048, 4096, 8192, 16384):
+                    batch, heads = max(1, 16384 // n), 2048 // d
+                    q, k, v = (torch.randn(batch, heads, n, d, device="cuda", dtype=dtype,
+                                           requires_grad=True) for _ in range(3))
+                    do = torch.randn_like(q)
+                    flops = 4 * batch * heads * n * n * d * (0.5 if causal else 1.0)
+                    lib = functools.partial(flash_attention, q, k, v, causal=causal,
+                                            backend="triton")
+                    ref = functools.partial(F.scaled_dot_product_attention, q, k, v,
+                                            is_causal=causal)  # square: top-left = ours
+                    both = lambda f: torch.autograd.grad(f(), (q, k, v), do)  # noqa: E731
+                    t = [gpu_time_ms(lib), gpu_time_ms(ref),
+                         gpu_time_ms(lambda: both(lib)), gpu_time_ms(lambda: both(ref))]
+                    tf = [flops / t[0] / 1e9, flops / t[1] / 1e9,
+                          3.5 * flops / t[2] / 1e9, 3.5 * flops / t[3] / 1e9]
+                    name = str(dtype).removeprefix("torch.")
+                    print(f"{name:<6}{d:>4}{causal!s:>7}{n:>7}{tf[0]:>9.1f}{tf[1]:>9.1f}"
+                          f"{t[1] / t[0]:>7.2f}{tf[2]:>9.1f}{tf[3]:>9.1f}{t[3] / t[2]:>7.2f}")
+
+
+def _attention_memory_one(method: str, n: int, d: int = 64, block: int = 128) -> None:
+    """Print (json) the peak extra memory of one attention forward on CPU, in this process."""
+    import json
+
+    from .attention import attention_reference, attention_tiled
+    from .memory import TensorMemoryTracker, peak_rss_extra, rss_measurable
+
+    fn = {"reference": attention_reference,
+          "tiled": functools.partial(attention_tiled, block_m=block, block_n=block)}[method]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        small = torch.randn(1, 1, 2 * block, d, generator=g)
+        fn(small, small, small)  # warm up: thread pools and library buffers are not "extra"
+        q, k, v = (torch.randn(1, 1, n, d, generator=g) for _ in range(3))
+        rss = peak_rss_extra(lambda: fn(q, k, v)) if rss_measurable() else None
+        with TensorMemoryTracker() as tracked:
+            fn(q, k, v)
+    print(json.dumps({"rss": rss, "tensors": tracked.peak}))
+
+
+def bench_attention_memory(args) -> None:
+    """Peak extra memory of attention_tiled vs attention_reference, each run in a fresh process."""
+    import json
+    import subprocess
+
+    d, block = 64, 128
+    print(f"peak extra CPU memory of one forward, B = H = 1, d = {d}, fp32; tiled blocks "
+          f"{block} x {block}; 'tensors' = live tensor bytes (lib.memory.TensorMemoryTracker),"
+          " 'RSS' = resident-set high-water mark above the level before the call")
+    print(f"{'N':>6}{'reference':>22}{'tiled':>22}{'ratio':>16}")
+    print(f"{'':>6}{'tensors MiB':>12}{'RSS MiB':>10}{'tensors MiB':>12}{'RSS MiB':>10}"
+          f"{'tensors':>8}{'RSS':>8}")
+    for n in (1024, 4096, 16384):
+        res = {}
+        for method in ("reference", "tiled"):
+            code = f"from lib.bench import _attention_memory_one as f; f({method!r}, {n}, {d}, {block})"
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True)
+            res[method] = json.loads(out.stdout.strip().splitlines()[-1])
+        mib = lambda b: f"{b / 2**20:.2f}" if b is not None else "n/a"  # noqa: E731
+        ratio = lambda key: (f"{res['reference'][key] / res['tiled'][key]:.0f}x"  # noqa: E731
+                             if res["tiled"][key] else "n/a")
+        print(f"{n:>6}{mib(res['reference']['tensors']):>12}{mib(res['reference']['rss']):>10}"
+              f"{mib(res['tiled']['tensors']):>12}{mib(res['tiled']['rss']):>10}"
+              f"{ratio('tensors'):>8}{ratio('rss'):>8}")
+    print("FlashAttention's README (training, A100): 10x less memory at N = 2K, 20x at 4K")
+
+
+COMMANDS = {"compile": bench_compile, "softmax": bench_softmax, "unscale": bench_unscale,
+            "checkpointing": bench_checkpointing, "attention": bench_attention,
+            "attention-memory": bench_attention_memory}
 
 
 def main(argv=None) -> int:
