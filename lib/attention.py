@@ -306,18 +306,102 @@ def _allowed(rows, cols, mask_row_ptr, stride_mq, N_Q, N_K, N_M,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
     """Which (query row, key col) pairs may attend; rows, cols broadcast to the tile's shape.
 
-    Padding rows/cols beyond Nq/Nk are excluded; causal is bottom-right aligned; the
-    explicit mask (int8, one row of Nm entries per query) covers the last N_M keys.
+    Key padding beyond Nk is excluded; causal is bottom-right aligned; the explicit mask
+    (int8, one row of N_M entries per query) covers the last N_M keys.
     """
-    ok = (rows < N_Q) & (cols < N_K)
+    ok = cols < N_K
     if CAUSAL:
         ok = ok & (cols <= rows + (N_K - N_Q))
     if HAS_MASK:
         c = cols - (N_K - N_M)  # column in the mask; negative: in the unmasked prefix
-        inside = ok & (c >= 0)
+        inside = ok & (c >= 0) & (rows < N_Q)
         m = tl.load(mask_row_ptr + rows * stride_mq + c, mask=inside, other=1)
         ok = ok & (m != 0)
     return ok
+
+
+@triton.jit
+def _tile_mask(rows, n_rows, offs_d, CHECK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Load/store mask of a (rows x BLOCK_D) tile: rows < n_rows and columns < HEAD_DIM.
+
+    Both checks are compile-time optional (None when neither is needed), so that tiles
+    of a power-of-two head dim in the interior of the sequence are moved unmasked.
+    """
+    mask = None
+    if CHECK_ROWS:
+        if HEAD_DIM == BLOCK_D:
+            mask = rows[:, None] < n_rows
+        else:
+            mask = (rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
+    else:
+        if HEAD_DIM != BLOCK_D:
+            mask = offs_d[None, :] < HEAD_DIM
+    return mask
+
+
+@triton.jit
+def _load(ptrs, mask):
+    """tl.load of a tile, reading 0 where ``mask`` is False; unmasked when ``mask`` is None."""
+    if mask is None:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=mask, other=0.0)
+    return x
+
+
+@triton.jit
+def _store(ptrs, x, mask):
+    """Store a tile in the pointers' dtype where ``mask`` is True (everywhere if None)."""
+    tl.store(ptrs, x.to(ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _first_masked_key(start_m, N_Q, N_K, N_M, BLOCK_N: tl.constexpr,
+                      CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, KEY_PADDING: tl.constexpr):
+    """Start of the first key block in which some query of [start_m, start_m + BLOCK_M)
+    must be masked; every key block before it is visible to all of them (no masking)."""
+    n_full = N_K
+    if KEY_PADDING:  # keys beyond Nk must not enter the softmax
+        n_full = N_K // BLOCK_N * BLOCK_N
+    if CAUSAL:  # the block's first query sees keys j <= start_m + Nk - Nq
+        n_full = tl.minimum(n_full, tl.maximum(start_m + 1 + N_K - N_Q, 0) // BLOCK_N * BLOCK_N)
+    if HAS_MASK:  # the explicit mask covers the last N_M keys
+        n_full = tl.minimum(n_full, (N_K - N_M) // BLOCK_N * BLOCK_N)
+    return n_full
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+                    offs_m, offs_n, offs_d, lo, hi, mask_row_ptr, stride_mq,
+                    N_Q, N_K, N_M, qk_scale, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Sweep key blocks [lo, hi): the online-softmax update of (m, l, acc) (eqs. 5-6)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_ok = _tile_mask(cols, N_K, offs_d, MASKED, HEAD_DIM, BLOCK_D)
+        k = _load(k_base + cols[:, None] * stride_kn + offs_d[None, :], kv_ok)
+        v = _load(v_base + cols[:, None] * stride_vn + offs_d[None, :], kv_ok)
+        # -- compute qk, scaled to base 2
+        qk = _dot(q, tl.trans(k), None, PRECISION) * qk_scale
+        if MASKED:
+            ok = _allowed(offs_m[:, None], cols[None, :], mask_row_ptr, stride_mq, N_Q, N_K,
+                          N_M, CAUSAL, HAS_MASK)
+            qk = tl.where(ok, qk, -float("inf"))
+        # -- update m_i and l_i; a row with nothing visible yet keeps m = -inf, without NaN
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_ref = m_new
+        if MASKED:
+            m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_ref)
+        p = tl.math.exp2(qk - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # -- rescale the accumulator and add this tile's P V
+        acc = acc * alpha[:, None]
+        acc = _dot(p.to(v.dtype), v, acc, PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -326,11 +410,15 @@ def _attn_fwd_kernel(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_mb, stride_mq,
-    H, N_Q, N_K, N_M, HEAD_DIM, qk_scale,
+    H, N_Q, N_K, N_M, qk_scale, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One program per (query block, batch x head): O_i and L_i by the online softmax (eq. 6)."""
+    """One program per (query block, batch x head): O_i and L_i by the online softmax (eq. 6).
+
+    Key blocks that every query of the block may see are swept without masking; only
+    the blocks on the causal diagonal, under the explicit mask, or past Nk are masked.
+    """
     start_m = tl.program_id(0) * BLOCK_M
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -338,66 +426,95 @@ def _attn_fwd_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d[None, :] < HEAD_DIM  # head dims padded to a power of two read as 0
-    q_base = q_ptr + b * stride_qb + h * stride_qh
+    # head dims padded to a power of two and rows past Nq read as 0
+    q_ok = _tile_mask(offs_m, N_Q, offs_d, True, HEAD_DIM, BLOCK_D)
+    q = _load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
+                + offs_d[None, :], q_ok)
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
     mask_row_ptr = mask_ptr + b * stride_mb
-    q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :],
-                mask=(offs_m[:, None] < N_Q) & d_ok, other=0.0)
     m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)  # running max (base 2)
     l_i = tl.zeros((BLOCK_M,), tl.float32)  # running normaliser
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)  # unnormalised output
     hi = N_K
-    if CAUSAL:  # keys beyond the block's last query's diagonal are never visited
-        hi = tl.minimum(N_K, start_m + BLOCK_M + N_K - N_Q)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        kv_ok = (cols[:, None] < N_K) & d_ok
-        k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0)
-        # -- compute qk, scaled to base 2
-        qk = _dot(q, tl.trans(k), None, PRECISION) * qk_scale
-        ok = _allowed(offs_m[:, None], cols[None, :], mask_row_ptr, stride_mq, N_Q, N_K, N_M,
-                      CAUSAL, HAS_MASK)
-        qk = tl.where(ok, qk, -float("inf"))
-        # -- update m_i and l_i; rows with nothing visible yet keep m = -inf without NaN
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_ref)
-        p = tl.math.exp2(qk - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        # -- rescale the accumulator and add this tile's P V
-        acc = acc * alpha[:, None]
-        acc = _dot(p.to(v.dtype), v, acc, PRECISION)
-        m_i = m_new
+    if CAUSAL:  # keys beyond the diagonal of the block's last query are never visited
+        hi = tl.minimum(N_K, tl.maximum(start_m + BLOCK_M + N_K - N_Q, 0))
+    n_full = _first_masked_key(start_m, N_Q, N_K, N_M, BLOCK_N, CAUSAL, HAS_MASK, True)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+        0, n_full, mask_row_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
+        BLOCK_N, False, CAUSAL, HAS_MASK, PRECISION, HEAD_DIM, BLOCK_D)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+        n_full, hi, mask_row_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
+        BLOCK_N, True, CAUSAL, HAS_MASK, PRECISION, HEAD_DIM, BLOCK_D)
     # -- epilogue: O = acc / l, L = (m + log2 l) ln 2; a row that saw no key gives 0, -inf
     seen = l_i > 0
-    acc = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
-                   -float("inf"))
+    l_safe = tl.where(seen, l_i, 1.0)
+    acc = acc / l_safe[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, -float("inf"))
     o_base = o_ptr + b * stride_ob + h * stride_oh
-    tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :],
-             acc.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & d_ok)
+    _store(o_base + offs_m[:, None] * stride_on + offs_d[None, :], acc, q_ok)
     tl.store(lse_ptr + pid_bh.to(tl.int64) * N_Q + offs_m, lse, mask=offs_m < N_Q)
 
 
 @triton.jit
 def _attn_bwd_preprocess(o_ptr, do_ptr, delta_ptr, stride_ob, stride_oh, stride_on,
-                         stride_dob, stride_doh, stride_don, H, N_Q, HEAD_DIM,
-                         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+                         stride_dob, stride_doh, stride_don, H, N_Q,
+                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """D_i = sum_c dO_ic O_ic (eq. 8), one program per (query block, batch x head)."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
-    ok = (offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
-    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on
-                + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
-                 + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    ok = _tile_mask(offs_m, N_Q, offs_d, True, HEAD_DIM, BLOCK_D)
+    o = _load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on
+                + offs_d[None, :], ok).to(tl.float32)
+    do = _load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
+                 + offs_d[None, :], ok).to(tl.float32)
     tl.store(delta_ptr + pid_bh.to(tl.int64) * N_Q + offs_m, tl.sum(o * do, 1), mask=offs_m < N_Q)
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, stride_qn,
+                         stride_don, offs_m, offs_n, offs_d, offs_o, lo, hi, mask_row_ptr,
+                         stride_mq, N_Q, N_K, N_M, qk_scale, BLOCK_M: tl.constexpr,
+                         MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+                         PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+    """Sweep query blocks [lo, hi) for one key block: dV += P^T dO, dK += dS^T Q (eqs. 7-9)."""
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + offs_m
+        row_ok = rows < N_Q
+        q_ok = _tile_mask(rows, N_Q, offs_d, True, HEAD_DIM, BLOCK_D)
+        q = _load(q_base + rows[:, None] * stride_qn + offs_d[None, :], q_ok)
+        do = _load(do_base + rows[:, None] * stride_don + offs_d[None, :], q_ok)
+        # padding rows (q = dO = 0, L = D = 0) contribute exactly zero below
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)
+        # -- recompute P^T (BLOCK_N x BLOCK_M) from the log-sum-exp
+        qkT = _dot(k, tl.trans(q), None, PRECISION) * qk_scale
+        if MASKED:
+            lse = tl.where(lse == -float("inf"), 0.0, lse)  # rows that see no key at all
+            ok = _allowed(rows[None, :], offs_n[:, None], mask_row_ptr, stride_mq, N_Q, N_K,
+                          N_M, CAUSAL, HAS_MASK)
+            pT = tl.where(ok, tl.math.exp2(qkT - lse[None, :]), 0.0)
+        else:
+            pT = tl.math.exp2(qkT - lse[None, :])
+        if BLOCK_DO == BLOCK_D:
+            q_o = q
+            do_o = do
+        else:  # this program owns only the columns offs_o of dK and dV
+            o_ok = _tile_mask(rows, N_Q, offs_o, True, HEAD_DIM, BLOCK_D)
+            q_o = _load(q_base + rows[:, None] * stride_qn + offs_o[None, :], o_ok)
+            do_o = _load(do_base + rows[:, None] * stride_don + offs_o[None, :], o_ok)
+        dv = _dot(pT.to(do.dtype), do_o, dv, PRECISION)
+        # -- dS^T = P^T o (dP^T - D)
+        dpT = _dot(v, tl.trans(do), None, PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk = _dot(dsT.to(q.dtype), q_o, dk, PRECISION)
+    return dk, dv
 
 
 @triton.jit
@@ -406,15 +523,18 @@ def _attn_bwd_dkdv_kernel(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
     stride_mb, stride_mq,
-    H, N_Q, N_K, N_M, HEAD_DIM, sm_scale, qk_scale,
+    H, N_Q, N_K, N_M, sm_scale, qk_scale, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One program per (key block, batch x head): dK_j and dV_j, sweeping the query blocks.
+    """One program per (key block, batch x head, column part): dK_j and dV_j.
 
     P^T is recomputed tile by tile from the saved L (eq. 9), transposed so that the
-    accumulators dK_j, dV_j (BLOCK_N x d) stay on chip: dV += P^T dO, dK += s dS^T Q with
-    dS = P o (dP - D) (eqs. 7-8).
+    accumulators dK_j, dV_j (BLOCK_N x d) stay on chip. Padding keys (k = v = 0) give
+    rows of dK, dV that are never stored, so only causal and mask need masking here.
+    A program writes BLOCK_DO of the head dim's columns (all of them up to d = 128; a part
+    for d = 256, where the accumulators next to K_j and V_j would not fit in registers).
     """
     start_n = tl.program_id(0) * BLOCK_N
     pid_bh = tl.program_id(1)
@@ -423,47 +543,73 @@ def _attn_bwd_dkdv_kernel(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d[None, :] < HEAD_DIM
-    kv_ok = (offs_n[:, None] < N_K) & d_ok
-    # k and v share the strides of q's batch/head layout only through their own strides
-    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn
-                + offs_d[None, :], mask=kv_ok, other=0.0)
-    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn
-                + offs_d[None, :], mask=kv_ok, other=0.0)
+    offs_o = tl.program_id(2) * BLOCK_DO + tl.arange(0, BLOCK_DO)  # columns of dK, dV
+    kv_ok = _tile_mask(offs_n, N_K, offs_d, True, HEAD_DIM, BLOCK_D)
+    k = _load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn
+                + offs_d[None, :], kv_ok)
+    v = _load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn
+                + offs_d[None, :], kv_ok)
     q_base = q_ptr + b * stride_qb + h * stride_qh
     do_base = do_ptr + b * stride_dob + h * stride_doh
-    row_base = pid_bh.to(tl.int64) * N_Q
+    lse_row = lse_ptr + pid_bh.to(tl.int64) * N_Q
+    delta_row = delta_ptr + pid_bh.to(tl.int64) * N_Q
     mask_row_ptr = mask_ptr + b * stride_mb
-    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    lo = 0
-    if CAUSAL:  # queries before the diagonal of this key block's first key see none of it
+    dk = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
+    lo = 0  # first query block that sees any key of this block
+    m_full = 0  # from here on, every query sees every key of this block
+    if CAUSAL:  # query i sees key j iff i >= j - (Nk - Nq)
         lo = tl.maximum(0, start_n - (N_K - N_Q)) // BLOCK_M * BLOCK_M
-    for start_m in range(lo, N_Q, BLOCK_M):
-        rows = start_m + offs_m
-        q_ok = (rows[:, None] < N_Q) & d_ok
-        q = tl.load(q_base + rows[:, None] * stride_qn + offs_d[None, :], mask=q_ok, other=0.0)
-        do = tl.load(do_base + rows[:, None] * stride_don + offs_d[None, :], mask=q_ok,
-                     other=0.0)
-        lse = tl.load(lse_ptr + row_base + rows, mask=rows < N_Q, other=0.0) * 1.4426950408889634
-        lse = tl.where(lse == -float("inf"), 0.0, lse)  # such rows have every key masked
-        delta = tl.load(delta_ptr + row_base + rows, mask=rows < N_Q, other=0.0)
-        # -- recompute P^T (BLOCK_N x BLOCK_M) from the log-sum-exp
-        qkT = _dot(k, tl.trans(q), None, PRECISION) * qk_scale
-        ok = _allowed(rows[None, :], offs_n[:, None], mask_row_ptr, stride_mq, N_Q, N_K, N_M,
-                      CAUSAL, HAS_MASK)
-        pT = tl.where(ok, tl.math.exp2(qkT - lse[None, :]), 0.0)
-        dv = _dot(pT.to(do.dtype), do, dv, PRECISION)
-        # -- dS^T = P^T o (dP^T - D)
-        dpT = _dot(v, tl.trans(do), None, PRECISION)
-        dsT = pT * (dpT - delta[None, :])
-        dk = _dot(dsT.to(q.dtype), q, dk, PRECISION)
+        m_full = tl.maximum(0, start_n + BLOCK_N - 1 - (N_K - N_Q))
+        m_full = tl.minimum((m_full + BLOCK_M - 1) // BLOCK_M * BLOCK_M, N_Q)
+    if HAS_MASK:
+        if start_n + BLOCK_N > N_K - N_M:  # this key block meets the mask: mask every tile
+            m_full = N_Q
+    m_full = tl.maximum(m_full, lo)
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qn, stride_don, offs_m,
+        offs_n, offs_d, offs_o, lo, m_full, mask_row_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
+        BLOCK_M, True, CAUSAL, HAS_MASK, PRECISION, HEAD_DIM, BLOCK_D, BLOCK_DO)
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qn, stride_don, offs_m,
+        offs_n, offs_d, offs_o, m_full, N_Q, mask_row_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
+        BLOCK_M, False, CAUSAL, HAS_MASK, PRECISION, HEAD_DIM, BLOCK_D, BLOCK_DO)
     dk = dk * sm_scale
-    out_ok = (offs_n[:, None] < N_K) & d_ok
     # dk, dv are written contiguously in (B, H, Nk, d)
-    out_off = pid_bh.to(tl.int64) * N_K * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(dk_ptr + out_off, dk.to(dk_ptr.dtype.element_ty), mask=out_ok)
-    tl.store(dv_ptr + out_off, dv.to(dv_ptr.dtype.element_ty), mask=out_ok)
+    out_off = pid_bh.to(tl.int64) * N_K * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_o[None, :]
+    out_ok = _tile_mask(offs_n, N_K, offs_o, True, HEAD_DIM, BLOCK_D)
+    _store(dk_ptr + out_off, dk, out_ok)
+    _store(dv_ptr + out_off, dv, out_ok)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn,
+                       offs_m, offs_n, offs_d, offs_o, lo, hi, mask_row_ptr, stride_mq,
+                       N_Q, N_K, N_M, qk_scale, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                       CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+    """Sweep key blocks [lo, hi) for one query block: dQ += dS K (eqs. 7-9)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_ok = _tile_mask(cols, N_K, offs_d, True, HEAD_DIM, BLOCK_D)  # padding keys: 0
+        k = _load(k_base + cols[:, None] * stride_kn + offs_d[None, :], kv_ok)
+        v = _load(v_base + cols[:, None] * stride_vn + offs_d[None, :], kv_ok)
+        qk = _dot(q, tl.trans(k), None, PRECISION) * qk_scale
+        if MASKED:
+            ok = _allowed(offs_m[:, None], cols[None, :], mask_row_ptr, stride_mq, N_Q, N_K,
+                          N_M, CAUSAL, HAS_MASK)
+            p = tl.where(ok, tl.math.exp2(qk - lse[:, None]), 0.0)
+        else:
+            p = tl.math.exp2(qk - lse[:, None])
+        dp = _dot(do, tl.trans(v), None, PRECISION)
+        ds = p * (dp - delta[:, None])
+        if BLOCK_DO == BLOCK_D:
+            k_o = k
+        else:  # this program owns only the columns offs_o of dQ
+            o_ok = _tile_mask(cols, N_K, offs_o, True, HEAD_DIM, BLOCK_D)
+            k_o = _load(k_base + cols[:, None] * stride_kn + offs_o[None, :], o_ok)
+        dq = _dot(ds.to(k.dtype), k_o, dq, PRECISION)
+    return dq
 
 
 @triton.jit
@@ -472,11 +618,13 @@ def _attn_bwd_dq_kernel(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
     stride_mb, stride_mq,
-    H, N_Q, N_K, N_M, HEAD_DIM, sm_scale, qk_scale,
+    H, N_Q, N_K, N_M, sm_scale, qk_scale, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One program per (query block, batch x head): dQ_i = s sum_j dS_ij K_j (eqs. 7-9)."""
+    """One program per (query block, batch x head, column part): dQ_i = s sum_j dS_ij K_j
+    (eqs. 7-9); a program writes BLOCK_DO columns of dQ, as in the dK, dV kernel."""
     start_m = tl.program_id(0) * BLOCK_M
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -484,38 +632,36 @@ def _attn_bwd_dq_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d[None, :] < HEAD_DIM
-    q_ok = (offs_m[:, None] < N_Q) & d_ok
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
-                + offs_d[None, :], mask=q_ok, other=0.0)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
-                 + offs_d[None, :], mask=q_ok, other=0.0)
+    offs_o = tl.program_id(2) * BLOCK_DO + tl.arange(0, BLOCK_DO)  # columns of dQ
+    q_ok = _tile_mask(offs_m, N_Q, offs_d, True, HEAD_DIM, BLOCK_D)
+    q = _load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
+                + offs_d[None, :], q_ok)
+    do = _load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
+                 + offs_d[None, :], q_ok)
     row_base = pid_bh.to(tl.int64) * N_Q
     lse = tl.load(lse_ptr + row_base + offs_m, mask=offs_m < N_Q, other=0.0) * 1.4426950408889634
-    lse = tl.where(lse == -float("inf"), 0.0, lse)
+    lse = tl.where(lse == -float("inf"), 0.0, lse)  # rows that see no key: every p is masked
     delta = tl.load(delta_ptr + row_base + offs_m, mask=offs_m < N_Q, other=0.0)
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
     mask_row_ptr = mask_ptr + b * stride_mb
-    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    dq = tl.zeros((BLOCK_M, BLOCK_DO), tl.float32)
     hi = N_K
     if CAUSAL:
-        hi = tl.minimum(N_K, start_m + BLOCK_M + N_K - N_Q)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        kv_ok = (cols[:, None] < N_K) & d_ok
-        k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0)
-        qk = _dot(q, tl.trans(k), None, PRECISION) * qk_scale
-        ok = _allowed(offs_m[:, None], cols[None, :], mask_row_ptr, stride_mq, N_Q, N_K, N_M,
-                      CAUSAL, HAS_MASK)
-        p = tl.where(ok, tl.math.exp2(qk - lse[:, None]), 0.0)
-        dp = _dot(do, tl.trans(v), None, PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq = _dot(ds.to(k.dtype), k, dq, PRECISION)
+        hi = tl.minimum(N_K, tl.maximum(start_m + BLOCK_M + N_K - N_Q, 0))
+    n_full = _first_masked_key(start_m, N_Q, N_K, N_M, BLOCK_N, CAUSAL, HAS_MASK, False)
+    n_full = tl.minimum(n_full, hi)
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+        offs_o, 0, n_full, mask_row_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
+        BLOCK_N, False, CAUSAL, HAS_MASK, PRECISION, HEAD_DIM, BLOCK_D, BLOCK_DO)
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+        offs_o, n_full, hi, mask_row_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
+        BLOCK_N, True, CAUSAL, HAS_MASK, PRECISION, HEAD_DIM, BLOCK_D, BLOCK_DO)
     dq = dq * sm_scale
-    out_off = pid_bh.to(tl.int64) * N_Q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=q_ok)
+    out_off = pid_bh.to(tl.int64) * N_Q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_o[None, :]
+    _store(dq_ptr + out_off, dq, _tile_mask(offs_m, N_Q, offs_o, True, HEAD_DIM, BLOCK_D))
 
 
 def _head_block(d: int) -> int:
@@ -523,8 +669,11 @@ def _head_block(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def launch_config(d: int, n_q: int, n_k: int, kind: str = "fwd") -> dict:
+def launch_config(d: int, n_q: int, n_k: int, kind: str = "fwd", masked: bool = False) -> dict:
     """Block sizes and warps for one kernel: large blocks on the GPU, few programs on CPU.
+
+    kind: ``"fwd"``, ``"dkdv"`` or ``"dq"``; masked: an explicit mask is loaded per tile,
+    which takes registers, so those launches use smaller tiles.
 
     On CUDA these are the configurations ``aot_specs`` compiles (no spills, tensor cores).
     Under the interpreter cost grows with programs x loop iterations, so blocks cover up
@@ -534,28 +683,50 @@ def launch_config(d: int, n_q: int, n_k: int, kind: str = "fwd") -> dict:
     if INTERPRET:
         block_m = min(64, max(16, triton.next_power_of_2(n_q)))
         block_n = min(64, max(16, triton.next_power_of_2(n_k)))
-        return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4,
-                    num_stages=1)
-    return dict(_GPU_CONFIGS[kind][min(c for c in _GPU_CONFIGS[kind] if c >= block_d)],
-                BLOCK_D=block_d)
+        cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=1)
+    else:
+        table = _GPU_CONFIGS[kind + "+mask" if masked else kind]
+        cfg = dict(table[min(c for c in table if c >= block_d)])
+    cfg["BLOCK_D"] = block_d
+    if kind != "fwd":
+        cfg["BLOCK_DO"] = min(cfg.get("BLOCK_DO", block_d), block_d)
+    return cfg
 
 
-# (BLOCK_M, BLOCK_N, warps, stages) per kernel and padded head dim, checked by aot_specs
+# (BLOCK_M, BLOCK_N, warps, stages) per kernel and padded head dim: the configurations
+# that aot_specs compiles for sm_90a and sm_80 with no register spills and tensor cores.
+# For d = 256 the backward kernels split the output columns into parts (BLOCK_DO): each
+# part recomputes P, which costs time but keeps Q, dO and the accumulators in registers.
 _GPU_CONFIGS = {
     "fwd": {
-        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-        128: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+        128: dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2),
+        256: dict(BLOCK_M=64, BLOCK_N=16, num_warps=8, num_stages=2),
     },
     "dkdv": {
-        64: dict(BLOCK_M=32, BLOCK_N=128, num_warps=4, num_stages=3),
-        128: dict(BLOCK_M=32, BLOCK_N=128, num_warps=8, num_stages=2),
-        256: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
+        64: dict(BLOCK_M=32, BLOCK_N=128, num_warps=8, num_stages=2),
+        128: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
+        256: dict(BLOCK_M=16, BLOCK_N=64, BLOCK_DO=128, num_warps=8, num_stages=2),
     },
     "dq": {
-        64: dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3),
-        128: dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),
-        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        64: dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),
+        128: dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2),
+        256: dict(BLOCK_M=64, BLOCK_N=16, BLOCK_DO=64, num_warps=8, num_stages=2),
+    },
+    "fwd+mask": {
+        64: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        128: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        256: dict(BLOCK_M=64, BLOCK_N=16, num_warps=8, num_stages=2),
+    },
+    "dkdv+mask": {
+        64: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
+        128: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
+        256: dict(BLOCK_M=16, BLOCK_N=64, BLOCK_DO=128, num_warps=8, num_stages=1),
+    },
+    "dq+mask": {
+        64: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        128: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        256: dict(BLOCK_M=64, BLOCK_N=16, BLOCK_DO=32, num_warps=8, num_stages=2),
     },
 }
 _GPU_CONFIGS = {k: {16: v[64], 32: v[64], **v} for k, v in _GPU_CONFIGS.items()}
@@ -588,7 +759,7 @@ def _flash_fwd_triton(q, k, v, causal, scale, mask, block_m=None, block_n=None):
     n_k = k.shape[2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device)
-    cfg = launch_config(d, n_q, n_k, "fwd")
+    cfg = launch_config(d, n_q, n_k, "fwd", mask is not None)
     cfg["BLOCK_M"] = block_m or cfg["BLOCK_M"]
     cfg["BLOCK_N"] = block_n or cfg["BLOCK_N"]
     m8, smb, smq, n_m = _mask_args(mask, q)
@@ -597,14 +768,14 @@ def _flash_fwd_triton(q, k, v, causal, scale, mask, block_m=None, block_n=None):
         q, k, v, out, lse, m8,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        smb, smq, heads, n_q, n_k, n_m, d, scale * LOG2E,
+        smb, smq, heads, n_q, n_k, n_m, scale * LOG2E, HEAD_DIM=d,
         CAUSAL=causal, HAS_MASK=mask is not None, PRECISION=_precision(q.dtype), **cfg,
     )
     return out, lse
 
 
 def _flash_bwd_triton(q, k, v, out, lse, do, dlse, causal, scale, mask,
-                      block_m=None, block_n=None):
+                      block_m=None, block_n=None, block_do=None):
     """dQ, dK, dV (eqs. 7-9) by recomputing P from L; ``dlse`` (or None) is L's gradient."""
     q, k, v, out, do = map(_last_dim_contiguous, (q, k, v, out, do))
     batch, heads, n_q, d = q.shape
@@ -613,7 +784,7 @@ def _flash_bwd_triton(q, k, v, out, lse, do, dlse, causal, scale, mask,
     delta = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device)
     _attn_bwd_preprocess[(triton.cdiv(n_q, pre["BLOCK_M"]), batch * heads)](
         out, do, delta, out.stride(0), out.stride(1), out.stride(2),
-        do.stride(0), do.stride(1), do.stride(2), heads, n_q, d,
+        do.stride(0), do.stride(1), do.stride(2), heads, n_q, HEAD_DIM=d,
         BLOCK_M=pre["BLOCK_M"], BLOCK_D=pre["BLOCK_D"],
     )
     if dlse is not None:  # dL_i/dS_ij = P_ij, so L's gradient enters as D_i - dL_i
@@ -625,52 +796,60 @@ def _flash_bwd_triton(q, k, v, out, lse, do, dlse, causal, scale, mask,
     common = (
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        smb, smq, heads, n_q, n_k, n_m, d, scale, scale * LOG2E,
+        smb, smq, heads, n_q, n_k, n_m, scale, scale * LOG2E,
     )
-    flags = dict(CAUSAL=causal, HAS_MASK=mask is not None, PRECISION=_precision(q.dtype))
+    flags = dict(HEAD_DIM=d, CAUSAL=causal, HAS_MASK=mask is not None,
+                 PRECISION=_precision(q.dtype))
     for kind in ("dkdv", "dq"):
-        cfg = launch_config(d, n_q, n_k, kind)
+        cfg = launch_config(d, n_q, n_k, kind, mask is not None)
         cfg["BLOCK_M"] = block_m or cfg["BLOCK_M"]
         cfg["BLOCK_N"] = block_n or cfg["BLOCK_N"]
+        cfg["BLOCK_DO"] = block_do or cfg["BLOCK_DO"]
+        parts = cfg["BLOCK_D"] // cfg["BLOCK_DO"]  # column parts of the output
         if kind == "dkdv":
-            grid = (triton.cdiv(n_k, cfg["BLOCK_N"]), batch * heads)
+            grid = (triton.cdiv(n_k, cfg["BLOCK_N"]), batch * heads, parts)
             _attn_bwd_dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, m8, *common,
                                         **flags, **cfg)
         else:
-            grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads)
+            grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), batch * heads, parts)
             _attn_bwd_dq_kernel[grid](q, k, v, do, lse, delta, dq, m8, *common, **flags, **cfg)
     return dq, dk, dv
 
 
 def aot_specs() -> list[KernelSpec]:
-    """Default GPU configurations (fp16 and bf16), compiled by ``python -m lib.bench compile``."""
-    ints = ["H", "N_Q", "N_K", "N_M", "HEAD_DIM"]
+    """Default GPU configurations, compiled by ``python -m lib.bench compile``: every kernel
+    for d = 64, 128, 256 in fp16 and bf16 (causal), and with an explicit mask in fp16."""
+    ints = {n: "i32" for n in ("H", "N_Q", "N_K", "N_M", "stride_mb", "stride_mq")}
+    ints |= {f"stride_{t}{a}": "i32" for t in ("q", "k", "v") for a in "bhn"}
     specs = []
     for dt in ("fp16", "bf16"):
-        for block_d in (64, 128, 256):
-            flags = {"BLOCK_D": block_d, "CAUSAL": True, "HAS_MASK": False,
-                     "PRECISION": "tf32"}
-            strides = [f"stride_{t}{a}" for t in ("q", "k", "v") for a in "bhn"]
-            fwd = {p: f"*{dt}" for p in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}
-            fwd |= {"lse_ptr": "*fp32", "mask_ptr": "*i8"}
-            fwd |= {s: "i32" for s in strides + ["stride_ob", "stride_oh", "stride_on",
-                                                 "stride_mb", "stride_mq"] + ints}
-            fwd |= {"qk_scale": "fp32"}
-            bwd = {p: f"*{dt}" for p in ("q_ptr", "k_ptr", "v_ptr", "do_ptr")}
-            bwd |= {"lse_ptr": "*fp32", "delta_ptr": "*fp32"}
-            dkdv = bwd | {"dk_ptr": f"*{dt}", "dv_ptr": f"*{dt}", "mask_ptr": "*i8"}
-            dq = bwd | {"dq_ptr": f"*{dt}", "mask_ptr": "*i8"}
-            rest = {s: "i32" for s in strides + ["stride_dob", "stride_doh", "stride_don",
-                                                 "stride_mb", "stride_mq"] + ints}
-            rest |= {"sm_scale": "fp32", "qk_scale": "fp32"}
-            for kind, kernel, sig in (("fwd", _attn_fwd_kernel, fwd),
-                                      ("dkdv", _attn_bwd_dkdv_kernel, dkdv | rest),
-                                      ("dq", _attn_bwd_dq_kernel, dq | rest)):
-                cfg = dict(_GPU_CONFIGS[kind][block_d])
-                warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-                specs.append(KernelSpec(
-                    f"attn_{kind} ({dt}, d={block_d})", kernel, sig, cfg | flags,
-                    num_warps=warps, num_stages=stages, matmul=True))
+        ptrs = {p: f"*{dt}" for p in ("q_ptr", "k_ptr", "v_ptr", "do_ptr")}
+        ptrs |= {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "mask_ptr": "*i8"}
+        fwd = {p: t for p, t in ptrs.items() if p not in ("do_ptr", "delta_ptr")}
+        fwd |= {"o_ptr": f"*{dt}", "stride_ob": "i32", "stride_oh": "i32", "stride_on": "i32"}
+        fwd |= ints | {"qk_scale": "fp32"}
+        bwd = ptrs | ints | {n: "i32" for n in ("stride_dob", "stride_doh", "stride_don")}
+        bwd |= {"sm_scale": "fp32", "qk_scale": "fp32"}
+        kernels = {"fwd": (_attn_fwd_kernel, fwd),
+                   "dkdv": (_attn_bwd_dkdv_kernel, bwd | {"dk_ptr": f"*{dt}", "dv_ptr": f"*{dt}"}),
+                   "dq": (_attn_bwd_dq_kernel, bwd | {"dq_ptr": f"*{dt}"})}
+        for masked in (False, True) if dt == "fp16" else (False,):
+            for block_d in (64, 128, 256):
+                for kind, (kernel, sig) in kernels.items():
+                    cfg = dict(_GPU_CONFIGS[kind + "+mask" if masked else kind][block_d])
+                    if kind != "fwd":
+                        cfg.setdefault("BLOCK_DO", block_d)
+                    warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+                    flags = {"BLOCK_D": block_d, "HEAD_DIM": block_d, "CAUSAL": True,
+                             "HAS_MASK": masked, "PRECISION": "tf32"}
+                    name = f"attn_{kind}{' masked' if masked else ''} ({dt}, d={block_d})"
+                    specs.append(KernelSpec(name, kernel, sig, cfg | flags, num_warps=warps,
+                                            num_stages=stages, matmul=True))
+        pre = {"o_ptr": f"*{dt}", "do_ptr": f"*{dt}", "delta_ptr": "*fp32"}
+        pre |= {n: "i32" for n in ("stride_ob", "stride_oh", "stride_on", "stride_dob",
+                                   "stride_doh", "stride_don", "H", "N_Q")}
+        specs.append(KernelSpec(f"attn_bwd_preprocess ({dt})", _attn_bwd_preprocess, pre,
+                                {"HEAD_DIM": 128, "BLOCK_M": 64, "BLOCK_D": 128}))
     return specs
 
 

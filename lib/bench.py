@@ -220,7 +220,7 @@ def bench_attention(args) -> None:
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
         do = torch.randn(out.shape, generator=g)
         got = torch.autograd.grad(out, (q, k, v), do)
-        for a, b in zip(got, torch.autograd.grad(ref, (q, k, v), do)):
+        for a, b in zip(got, torch.autograd.grad(ref, (q, k, v), do), strict=True):
             torch.testing.assert_close(a, b, atol=2e-4, rtol=0)
 
     if not _needs_cuda("attention", check):
@@ -237,20 +237,24 @@ def bench_attention(args) -> None:
                     batch, heads = max(1, 16384 // n), 2048 // d
                     q, k, v = (torch.randn(batch, heads, n, d, device="cuda", dtype=dtype,
                                            requires_grad=True) for _ in range(3))
-                    do = torch.randn_like(q)
                     flops = 4 * batch * heads * n * n * d * (0.5 if causal else 1.0)
                     lib = functools.partial(flash_attention, q, k, v, causal=causal,
                                             backend="triton")
                     ref = functools.partial(F.scaled_dot_product_attention, q, k, v,
                                             is_causal=causal)  # square: top-left = ours
-                    both = lambda f: torch.autograd.grad(f(), (q, k, v), do)  # noqa: E731
                     t = [gpu_time_ms(lib), gpu_time_ms(ref),
-                         gpu_time_ms(lambda: both(lib)), gpu_time_ms(lambda: both(ref))]
+                         gpu_time_ms(functools.partial(_forward_backward, lib, (q, k, v))),
+                         gpu_time_ms(functools.partial(_forward_backward, ref, (q, k, v)))]
                     tf = [flops / t[0] / 1e9, flops / t[1] / 1e9,
                           3.5 * flops / t[2] / 1e9, 3.5 * flops / t[3] / 1e9]
                     name = str(dtype).removeprefix("torch.")
                     print(f"{name:<6}{d:>4}{causal!s:>7}{n:>7}{tf[0]:>9.1f}{tf[1]:>9.1f}"
                           f"{t[1] / t[0]:>7.2f}{tf[2]:>9.1f}{tf[3]:>9.1f}{t[3] / t[2]:>7.2f}")
+
+
+def _forward_backward(fn, inputs) -> None:
+    out = fn()
+    torch.autograd.grad(out, inputs, torch.ones_like(out))
 
 
 def _attention_memory_one(method: str, n: int, d: int = 64, block: int = 128) -> None:
@@ -273,6 +277,14 @@ def _attention_memory_one(method: str, n: int, d: int = 64, block: int = 128) ->
     print(json.dumps({"rss": rss, "tensors": tracked.peak}))
 
 
+def _mib(b) -> str:
+    return "n/a" if b is None else f"{b / 2**20:.2f}"
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.0f}x" if a is not None and b else "n/a"
+
+
 def bench_attention_memory(args) -> None:
     """Peak extra memory of attention_tiled vs attention_reference, each run in a fresh process."""
     import json
@@ -288,16 +300,15 @@ def bench_attention_memory(args) -> None:
     for n in (1024, 4096, 16384):
         res = {}
         for method in ("reference", "tiled"):
-            code = f"from lib.bench import _attention_memory_one as f; f({method!r}, {n}, {d}, {block})"
+            code = ("from lib.bench import _attention_memory_one as f; "
+                    f"f({method!r}, {n}, {d}, {block})")
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                  check=True)
             res[method] = json.loads(out.stdout.strip().splitlines()[-1])
-        mib = lambda b: f"{b / 2**20:.2f}" if b is not None else "n/a"  # noqa: E731
-        ratio = lambda key: (f"{res['reference'][key] / res['tiled'][key]:.0f}x"  # noqa: E731
-                             if res["tiled"][key] else "n/a")
-        print(f"{n:>6}{mib(res['reference']['tensors']):>12}{mib(res['reference']['rss']):>10}"
-              f"{mib(res['tiled']['tensors']):>12}{mib(res['tiled']['rss']):>10}"
-              f"{ratio('tensors'):>8}{ratio('rss'):>8}")
+        ref, tiled = res["reference"], res["tiled"]
+        print(f"{n:>6}{_mib(ref['tensors']):>12}{_mib(ref['rss']):>10}"
+              f"{_mib(tiled['tensors']):>12}{_mib(tiled['rss']):>10}"
+              f"{_ratio(ref['tensors'], tiled['tensors']):>8}{_ratio(ref['rss'], tiled['rss']):>8}")
     print("FlashAttention's README (training, A100): 10x less memory at N = 2K, 20x at 4K")
 
 

@@ -1,0 +1,320 @@
+"""lib/attention.py: Triton kernels vs reference vs SDPA, masks, traffic counts, bad input."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lib.attention import (
+    MAX_HEAD_DIM,
+    _flash_bwd_triton,
+    _flash_fwd_triton,
+    allowed_keys,
+    attention_reference,
+    attention_tiled,
+    flash_attention,
+    flash_attention_io,
+    sram_block,
+    standard_attention_io,
+)
+from lib.memory import TensorMemoryTracker
+
+# Tolerances (absolute, on outputs of magnitude ~1). All math is fp32; what is left is the
+# rounding of P to the input dtype before P V and of O to the output dtype. Gradients are
+# sums over Nk (or Nq) of such rounded products, hence looser.
+OUT_ATOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+GRAD_ATOL = {torch.float32: 2e-4, torch.float16: 1e-2, torch.bfloat16: 8e-2}
+DTYPES = list(OUT_ATOL)
+
+# (B, H, Nq, Nk, d): length one, not multiples of any block, d not a power of two, Nq != Nk
+SHAPES = [(1, 1, 1, 1, 16), (2, 3, 77, 77, 64), (1, 2, 130, 130, 40), (1, 2, 37, 101, 64)]
+
+
+def qkv(b, h, n_q, n_k, d, dtype=torch.float32, seed=0, magnitude=1.0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda n: (torch.randn(b, h, n, d, generator=g) * magnitude).to(dtype)  # noqa: E731
+    return [t.requires_grad_() for t in (make(n_q), make(n_k), make(n_k))]
+
+
+def sdpa(q, k, v, causal=False, allowed=None):
+    """The oracle in fp32; causal is bottom-right aligned through causal_lower_right."""
+    # imported here: torch.nn.attention.bias imports Triton, which must come after lib sets
+    # TRITON_INTERPRET (lib.backend) when this file runs on its own
+    from torch.nn.attention.bias import causal_lower_right
+
+    q, k, v = (t.float() for t in (q, k, v))
+    mask = allowed
+    if causal:
+        mask = causal_lower_right(q.shape[-2], k.shape[-2])
+        if allowed is not None:
+            mask = mask._materialize(q.device) & allowed
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def grads(out, inputs, do):
+    return torch.autograd.grad(out, inputs, do)
+
+
+def close(a, b, atol):
+    torch.testing.assert_close(a.float(), b.float(), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kernel_matches_sdpa_and_reference(shape, dtype, causal):
+    """Outputs and gradients of the Triton path against SDPA (fp32) and the reference."""
+    q, k, v = qkv(*shape, dtype=dtype)
+    out = flash_attention(q, k, v, causal=causal, backend="triton")
+    assert out.dtype == dtype and out.shape == q.shape
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    oracle = sdpa(q, k, v, causal)
+    ref = attention_reference(q, k, v, causal=causal)
+    close(out, oracle, OUT_ATOL[dtype])
+    close(out, ref, OUT_ATOL[dtype])
+    g_kernel = grads(out, (q, k, v), do)
+    g_oracle = grads(oracle, (q, k, v), do.float())
+    for g, g_ref in zip(g_kernel, g_oracle, strict=True):
+        assert g.dtype == dtype
+        close(g, g_ref, GRAD_ATOL[dtype])
+
+
+def test_reference_matches_sdpa_fp32():
+    """The spec against the external oracle, with a mask, causal bottom-right and both."""
+    q, k, v = qkv(2, 2, 9, 23, 8, seed=3)
+    mask = torch.rand(2, 9, 5, generator=torch.Generator().manual_seed(0)) > 0.3
+    full = allowed_keys(9, 23, mask=mask)[:, None]  # (B, 1, Nq, Nk)
+    for causal in (False, True):
+        close(attention_reference(q, k, v, causal), sdpa(q, k, v, causal), 1e-6)
+        both = sdpa(q, k, v, causal, allowed=full)
+        rows = both.isfinite().all(-1)  # SDPA gives NaN where a row sees no key
+        ref = attention_reference(q, k, v, causal, mask=mask)
+        close(ref[rows], both[rows], 1e-6)
+        assert torch.equal(ref[~rows], torch.zeros_like(ref[~rows]))
+
+
+def test_causal_is_bottom_right_not_sdpa_top_left():
+    """With Nq < Nk the last query sees every key (a KV cache); SDPA's is_causal differs."""
+    q, k, v = qkv(1, 1, 3, 8, 16)
+    ours = flash_attention(q, k, v, causal=True, backend="triton")
+    close(ours, sdpa(q, k, v, causal=True), 1e-5)
+    top_left = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert (ours - top_left).abs().max() > 0.1
+    close(ours[..., -1, :], sdpa(q[..., -1:, :], k, v)[..., 0, :], 1e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_rows_that_see_no_key_are_zero_not_nan(backend):
+    """Causal with Nq > Nk: the first Nq - Nk queries see no key; a mask row of all False."""
+    q, k, v = qkv(1, 2, 6, 4, 16)
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    mask[5] = False
+    out, lse = flash_attention(q, k, v, causal=True, mask=mask, backend=backend,
+                               return_lse=True)
+    empty = torch.tensor([True, True, False, False, False, True])
+    assert torch.equal(out[:, :, empty], torch.zeros_like(out[:, :, empty]))
+    assert torch.isneginf(lse[:, :, empty]).all() and torch.isfinite(lse[:, :, ~empty]).all()
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_mask_on_the_last_keys_matches_sdpa(causal):
+    """A prefix of 40 keys plus a tree of 24 candidates: the mask covers only the last 24."""
+    b, h, n_q, n_k, d = 2, 2, 24, 64, 32
+    q, k, v = qkv(b, h, n_q, n_k, d, seed=5)
+    tree = torch.rand(b, n_q, 24, generator=torch.Generator().manual_seed(2)) > 0.5
+    tree |= torch.eye(24, dtype=torch.bool)  # every node sees itself
+    allowed = torch.cat([torch.ones(b, n_q, n_k - 24, dtype=torch.bool), tree], -1)[:, None]
+    out, lse = flash_attention(q, k, v, causal=causal, mask=tree, backend="triton",
+                               return_lse=True)
+    oracle = sdpa(q, k, v, causal, allowed=allowed)
+    close(out, oracle, 1e-4)
+    ref_out, ref_lse = attention_reference(q, k, v, causal, mask=tree, return_lse=True)
+    close(lse, ref_lse, 1e-4)
+    do = torch.randn_like(out)
+    for g, g_ref in zip(grads(out, (q, k, v), do), grads(oracle, (q, k, v), do), strict=True):
+        close(g, g_ref, 2e-4)
+    # a 2-D mask is the same for every batch element
+    out2 = flash_attention(q, k, v, causal=causal, mask=tree[0], backend="triton")
+    close(out2[0], out[0], 1e-6)
+
+
+def test_lse_and_its_gradient():
+    """L = logsumexp of the scaled scores; a loss on L back-propagates through the kernel."""
+    q, k, v = qkv(1, 2, 20, 33, 24, seed=7)
+    out, lse = flash_attention(q, k, v, scale=0.3, backend="triton", return_lse=True)
+    assert lse.dtype == torch.float32 and lse.shape == (1, 2, 20)
+    close(lse, torch.logsumexp(0.3 * q @ k.transpose(-2, -1), -1), 1e-5)
+    ref_out, ref_lse = attention_reference(q, k, v, scale=0.3, return_lse=True)
+    w = torch.randn_like(lse)
+    g = grads((out.sum() + (w * lse).sum()), (q, k, v), None)
+    g_ref = grads((ref_out.sum() + (w * ref_lse).sum()), (q, k, v), None)
+    for a, b in zip(g, g_ref, strict=True):
+        close(a, b, 1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_scores_near_1e4_stay_finite(dtype):
+    """|s| ~ 1e4: exp would overflow in any dtype without the running max."""
+    q, k, v = qkv(1, 1, 40, 50, 16, dtype=torch.float32)
+    q = (q.detach() * 50).to(dtype).requires_grad_()  # |scores| up to ~ 1e4
+    k = (k.detach() * 50).to(dtype).requires_grad_()
+    v = v.detach().to(dtype).requires_grad_()
+    s = attention_reference(q, k, v, return_lse=True)[1]
+    assert s.abs().max() > 5e3
+    out, lse = flash_attention(q, k, v, backend="triton", return_lse=True)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    close(out, sdpa(q, k, v), OUT_ATOL[dtype])
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_noncontiguous_inputs():
+    """(B, N, H, d) tensors viewed as (B, H, N, d), as a transformer produces them."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 30, 3, 3 * 16, generator=g)
+    q, k, v = (t.transpose(1, 2) for t in x.split(16, -1))
+    assert not q.is_contiguous()
+    close(flash_attention(q, k, v, causal=True, backend="triton"), sdpa(q, k, v, True), 1e-5)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    b=st.integers(1, 2), h=st.integers(1, 2), n_q=st.integers(1, 70), n_k=st.integers(1, 70),
+    d=st.sampled_from([8, 16, 24, 40, 64, 100]), causal=st.booleans(),
+    mask_keys=st.one_of(st.none(), st.integers(1, 40)),
+    blocks=st.sampled_from([(16, 16), (16, 32), (32, 16)]), split=st.booleans(),
+    seed=st.integers(0, 999),
+)
+def test_any_shape_and_block_matches_reference(b, h, n_q, n_k, d, causal, mask_keys, blocks,
+                                               split, seed):
+    """Forward and backward kernels with small blocks: masked and unmasked tile phases, and
+    the backward's split of the output columns into parts of 16 (used for d = 256)."""
+    q, k, v = qkv(b, h, n_q, n_k, d, seed=seed)
+    mask = None
+    if mask_keys is not None:
+        n_m = min(mask_keys, n_k)
+        mask = torch.rand(b, n_q, n_m, generator=torch.Generator().manual_seed(seed)) > 0.4
+    scale = 1 / math.sqrt(d)
+    with torch.no_grad():
+        out, lse = _flash_fwd_triton(q, k, v, causal, scale, mask, *blocks)
+    ref, ref_lse = attention_reference(q, k, v, causal, scale, mask, return_lse=True)
+    close(out, ref, 1e-5)
+    assert torch.equal(lse.isneginf(), ref_lse.isneginf())
+    close(lse.nan_to_num(neginf=0.0), ref_lse.nan_to_num(neginf=0.0), 1e-5)
+    do = torch.randn_like(out)
+    got = _flash_bwd_triton(q, k, v, out, lse, do, None, causal, scale, mask, *blocks,
+                            block_do=16 if split else None)
+    for g, g_ref in zip(got, grads(ref, (q, k, v), do), strict=True):
+        close(g, g_ref, 1e-4)
+
+
+# ------------------------------------------------------------------- tiled forward, IO model
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n_q, n_k, block_m, block_n", [(1, 1, 4, 4), (50, 50, 16, 8),
+                                                        (37, 101, 32, 16), (64, 20, 16, 16)])
+def test_tiled_matches_reference(n_q, n_k, block_m, block_n, causal):
+    q, k, v = qkv(2, 2, n_q, n_k, 12)
+    with torch.no_grad():
+        out, _ = attention_tiled(q, k, v, causal, block_m=block_m, block_n=block_n)
+        close(out, attention_reference(q, k, v, causal), 1e-5)
+
+
+@pytest.mark.parametrize("n, d, block", [(100, 8, 16), (256, 64, 64), (257, 32, 1000)])
+def test_tiled_traffic_equals_the_model(n, d, block):
+    """Counted bytes = Q once + K, V once per query block + O once + fp32 L (eq. 11)."""
+    q, k, v = qkv(1, 1, n, n, d, dtype=torch.float16)
+    with torch.no_grad():
+        _, traffic = attention_tiled(q, k, v, block_m=block, block_n=block)
+    assert traffic.total == flash_attention_io(n, d, block, itemsize=2)
+    assert traffic.reads["k"] == traffic.reads["v"] == math.ceil(n / block) * n * d * 2
+    assert traffic.total < standard_attention_io(n, d, 2)
+
+
+def test_io_model_scales_as_n2_d2_over_m():
+    """With the SRAM-filling block the K, V traffic grows as N^2 d^2 / M (eq. 12)."""
+    n, m = 3 * 2**14, 192 * 1024  # N a multiple of every block below: no rounding
+    traffic = {d: flash_attention_io(n, d, sram_block(m, d)) for d in (32, 64, 128)}
+    kv = {d: t - 4 * n * d - 4 * n for d, t in traffic.items()}  # minus Q, O and L
+    assert kv[64] / kv[32] == pytest.approx(4, rel=0.02)
+    assert kv[128] / kv[64] == pytest.approx(4, rel=0.02)
+
+
+def test_tiled_needs_far_less_memory_than_the_reference():
+    """Tracked tensor bytes at N = 1024: the reference holds N x N score matrices."""
+    q, k, v = (t.detach() for t in qkv(1, 1, 1024, 1024, 64))
+    with torch.no_grad():
+        with TensorMemoryTracker() as ref:
+            attention_reference(q, k, v)
+        with TensorMemoryTracker() as tiled:
+            attention_tiled(q, k, v, block_m=128, block_n=128)
+    assert ref.peak >= 3 * 1024 * 1024 * 4  # S, exp(S - m) and P, fp32
+    assert ref.peak > 10 * tiled.peak
+
+
+def test_bench_attention_runs_on_cpu():
+    done = subprocess.run([sys.executable, "-m", "lib.bench", "attention"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    if not torch.cuda.is_available():
+        assert "needs a CUDA GPU" in done.stdout and "check" in done.stdout
+
+
+# ------------------------------------------------------------------------------- bad input
+
+X = torch.randn(1, 2, 5, 8)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, words",
+    [
+        ((torch.randn(2, 5, 8), X, X), {}, ValueError, "q must have 4 dimensions"),
+        ((X, torch.randn(1, 2, 5, 8, 1), X), {}, ValueError, "k must have 4 dimensions"),
+        ((X, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)), {}, ValueError,
+         "same batch and head sizes"),
+        ((X, torch.randn(1, 3, 5, 8), torch.randn(1, 3, 5, 8)), {}, ValueError,
+         "same batch and head sizes"),
+        ((X, torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)), {}, ValueError,
+         "same head dim"),
+        ((X, X, torch.randn(1, 2, 6, 8)), {}, ValueError, "v must have the shape of k"),
+        ((X, X.half(), X), {}, ValueError, "q, k, v must have the same dtype"),
+        ((X, X, X.to("meta")), {}, ValueError, "q, k, v must have the same device"),
+        ((X.long(), X, X), {}, TypeError, "q must have dtype"),
+        ((torch.randn(1, 1, 2, MAX_HEAD_DIM + 1),) * 3, {}, ValueError,
+         "head dim d must be at most 256"),
+        ((torch.randn(1, 2, 0, 8), X, X), {}, ValueError, "at least one query"),
+        ((X, X, X), {"mask": torch.ones(4, 3, dtype=torch.bool)}, ValueError,
+         "mask must have shape"),
+        ((X, X, X), {"mask": torch.ones(2, 5, 3, dtype=torch.bool)}, ValueError,
+         "mask must have shape"),
+        ((X, X, X), {"mask": torch.ones(5, 6, dtype=torch.bool)}, ValueError,
+         "mask covers the last Nm keys"),
+        ((X, X, X), {"mask": torch.ones(5, 3)}, TypeError, "mask must have dtype bool"),
+        ((X, X, X), {"mask": [[True]]}, TypeError, "mask must be a torch.Tensor"),
+        ((X, X, X), {"mask": torch.ones(5, 3, dtype=torch.bool, device="meta")}, ValueError,
+         "mask must be on q's device"),
+        ((X, X, X), {"scale": "0.1"}, TypeError, "scale must be a real number"),
+        ((X, X, X), {"scale": math.inf}, ValueError, "scale must be finite"),
+        ((X, X, X), {"causal": 1}, TypeError, "causal must be a bool"),
+        ((X, X, X), {"backend": "cuda"}, ValueError, "backend must be one of"),
+        (([[1.0]], X, X), {}, TypeError, "q must be a torch.Tensor"),
+    ],
+)
+def test_bad_input_is_named(args, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        flash_attention(*args, **kwargs)
+
+
+def test_bad_block_sizes_for_the_tiled_forward():
+    with pytest.raises(ValueError, match="block_m must be at least 1"):
+        attention_tiled(X, X, X, block_m=0)
+    with pytest.raises(TypeError, match="block_n must be an int"):
+        attention_tiled(X, X, X, block_n=2.0)
