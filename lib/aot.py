@@ -106,18 +106,26 @@ def compile_spec(spec: KernelSpec, target: str) -> CompileReport:
     )
 
 
-def compile_all(targets=tuple(TARGETS), modules=None) -> list[CompileReport]:
-    """Compile every spec of every module (or of ``modules``) for every target."""
-    return [compile_spec(spec, t) for spec in collect_specs(modules) for t in targets]
+def compile_all(targets=tuple(TARGETS), modules=None, names=None) -> list[CompileReport]:
+    """Compile every spec of every module (or of ``modules``) for every target.
+
+    names: optional substrings; only specs whose name contains one of them are compiled.
+    """
+    specs = [s for s in collect_specs(modules) if not names or any(n in s.name for n in names)]
+    return [compile_spec(spec, t) for spec in specs for t in targets]
 
 
-def compile_all_subprocess(modules: tuple[str, ...] | None = None) -> list[CompileReport]:
+def compile_all_subprocess(
+    modules: tuple[str, ...] | None = None, names: tuple[str, ...] | None = None
+) -> list[CompileReport]:
     """Run :func:`compile_all` in a fresh interpreter with ``TRITON_INTERPRET=0``.
 
     modules: names such as ``("softmax",)`` to compile only those modules' kernels.
+    names: substrings of spec names, e.g. ``("attn_fwd (fp16",)``, to compile only those.
     """
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     cmd = [sys.executable, "-m", "lib.aot", "--json", *(f"--module={m}" for m in modules or ())]
+    cmd += [f"--name={n}" for n in names or ()]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"ahead-of-time compilation failed:\n{out.stderr[-4000:]}")
@@ -140,7 +148,9 @@ if __name__ == "__main__":
     from lib.backend import INTERPRET
 
     modules = tuple(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--module="))
-    reports = compile_all_subprocess(modules) if INTERPRET else compile_all(modules=modules)
+    names = tuple(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--name="))
+    reports = (compile_all_subprocess(modules, names) if INTERPRET
+               else compile_all(modules=modules, names=names))
     if "--json" in sys.argv:
         print(json.dumps([asdict(r) for r in reports]))
     else:
