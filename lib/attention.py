@@ -167,8 +167,8 @@ def attention_tiled(
         m = torch.full(q_i.shape[:-1], -math.inf, device=q.device)  # (B, H, bm)
         l = torch.zeros_like(m)
         acc = torch.zeros_like(q_i)  # (B, H, bm, d), unnormalised output
-        # causal: the last query of this block sees keys j <= rows[-1] + Nk - Nq
-        hi = min(n_k, int(rows[-1]) + 1 + n_k - n_q) if causal else n_k
+        # causal: the block's last row (q0 + block_m - 1, as in the kernel) sees j <= that + Nk - Nq
+        hi = min(n_k, max(q0 + block_m + n_k - n_q, 0)) if causal else n_k
         for j, k0 in enumerate(range(0, max(hi, 0), block_n)):
             k_j = traffic.read("k", k[..., k0 : k0 + block_n, :]).float()
             v_j = traffic.read("v", v[..., k0 : k0 + block_n, :]).float()
@@ -192,6 +192,34 @@ def attention_tiled(
         traffic.write("o", out[..., q0 : q0 + block_m, :])
         traffic.write("lse", lse[..., q0 : q0 + block_m])
     return out, traffic
+
+
+def tile_plan(n_q: int, n_k: int, block_m: int, block_n: int, causal: bool = False,
+              n_mask: int = 0) -> torch.Tensor:
+    """Which tiles the forward kernel visits, and which of them it masks.
+
+    Returns an int8 tensor (ceil(Nq / block_m), ceil(Nk / block_n)): 0 = never visited
+    (above the causal diagonal), 1 = visited without any masking (every query of the block
+    sees every key of the tile), 2 = visited with masking (on the causal diagonal, under an
+    explicit mask on the last ``n_mask`` keys, or past Nk). The rule is the kernel's own
+    (``_first_masked_key``); :func:`attention_tiled` visits the same tiles.
+    """
+    t_q, t_k = math.ceil(n_q / block_m), math.ceil(n_k / block_n)
+    plan = torch.zeros(t_q, t_k, dtype=torch.int8)
+    for i in range(t_q):
+        start_m = i * block_m
+        hi = min(n_k, max(start_m + block_m + n_k - n_q, 0)) if causal else n_k
+        n_full = n_k // block_n * block_n  # key padding needs a mask
+        if causal:
+            n_full = min(n_full, max(start_m + 1 + n_k - n_q, 0) // block_n * block_n)
+        if n_mask:
+            n_full = min(n_full, (n_k - n_mask) // block_n * block_n)
+        for j in range(t_k):
+            if j * block_n < min(n_full, hi):
+                plan[i, j] = 1
+            elif j * block_n < hi:
+                plan[i, j] = 2
+    return plan
 
 
 def standard_attention_io(n: int, d: int, itemsize: int = 2) -> int:

@@ -21,6 +21,7 @@ from lib.attention import (
     flash_attention_io,
     sram_block,
     standard_attention_io,
+    tile_plan,
 )
 from lib.memory import TensorMemoryTracker
 
@@ -237,6 +238,26 @@ def test_tiled_traffic_equals_the_model(n, d, block):
     assert traffic.total == flash_attention_io(n, d, block, itemsize=2)
     assert traffic.reads["k"] == traffic.reads["v"] == math.ceil(n / block) * n * d * 2
     assert traffic.total < standard_attention_io(n, d, 2)
+
+
+@pytest.mark.parametrize("n_q, n_k, causal", [(64, 64, True), (37, 101, True), (90, 30, True),
+                                              (50, 70, False)])
+def test_tile_plan_is_what_the_tiled_forward_visits(n_q, n_k, causal):
+    q, k, v = qkv(1, 1, n_q, n_k, 8)
+    visited = set()
+    with torch.no_grad():
+        attention_tiled(q, k, v, causal, block_m=16, block_n=32,
+                        on_tile=lambda i, j, *_: visited.add((i, j)))
+    plan = tile_plan(n_q, n_k, 16, 32, causal)
+    assert visited == {tuple(ij) for ij in (plan > 0).nonzero().tolist()}
+
+
+def test_tile_plan_counts_for_a_square_causal_grid():
+    plan = tile_plan(256, 256, 64, 64, causal=True)
+    assert torch.equal(plan, torch.tensor([[2, 0, 0, 0], [1, 2, 0, 0], [1, 1, 2, 0],
+                                           [1, 1, 1, 2]], dtype=torch.int8))
+    assert torch.equal(tile_plan(100, 100, 64, 64)[:, 1], torch.tensor([2, 2], dtype=torch.int8))
+    assert (tile_plan(64, 300, 64, 64, n_mask=70)[0] == torch.tensor([1, 1, 1, 2, 2])).all()
 
 
 def test_io_model_scales_as_n2_d2_over_m():
