@@ -518,11 +518,12 @@ def forward_calls(modules: Sequence[nn.Module], fn: Callable, *args, **kwargs) -
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    counts = [0] * len(modules)
-    hooks = []
     for i, module in enumerate(modules):
         if not isinstance(module, nn.Module):
             raise TypeError(f"modules[{i}] must be an nn.Module, got {type(module).__name__}")
+    counts = [0] * len(modules)
+    hooks = []
+    for i, module in enumerate(modules):
 
         def count(*_, i=i):
             counts[i] += 1

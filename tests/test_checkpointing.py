@@ -347,3 +347,7 @@ def test_optimal_segments_bad_n():
 def test_forward_calls_needs_modules():
     with pytest.raises(TypeError, match=r"modules\[0\] must be an nn.Module"):
         forward_calls([torch.exp], torch.exp, torch.randn(3))
+    layer = nn.ReLU()
+    with pytest.raises(TypeError, match=r"modules\[1\] must be an nn.Module"):
+        forward_calls([layer, "relu"], layer, torch.randn(3))
+    assert not layer._forward_hooks  # nothing left registered
