@@ -206,7 +206,8 @@ def _check_values(x) -> torch.Tensor:
 def _exponent(a: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     """floor(log2 a) clamped below at emin: the binade whose spacing applies to a >= 0 (eq. 5)."""
     _, e = torch.frexp(a)  # a = f 2^e with f in [0.5, 1): exact, also for fp32 subnormals
-    return (e.to(torch.int64) - 1).clamp(min=fmt.emin)
+    e = torch.where(a == 0, fmt.emin, e.to(torch.int64) - 1)  # 0 lies in the subnormal range
+    return e.clamp(min=fmt.emin)
 
 
 def round_to_format(

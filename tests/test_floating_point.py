@@ -219,6 +219,13 @@ def test_rounding_properties_on_invented_formats(e, m, finite, values):
     assert (err <= ulp(x, fmt)[inside] / 2).all()
 
 
+def test_ulp_is_the_spacing():
+    fp16 = FORMATS["fp16"]
+    x = torch.tensor([0.0, -0.0, 2.0**-30, 2.0**-14, 1.0, 1.99, 2048.0, 65504.0])
+    expected = [2.0**-24] * 4 + [2.0**-10, 2.0**-10, 2.0, 32.0]
+    assert ulp(x, fp16).tolist() == expected
+
+
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 def test_neighbours_are_the_adjacent_codes(dtype):
     fmt = format_of(dtype)
