@@ -6,12 +6,12 @@ need"; the pre-norm block of Xiong et al. (2020); the code layout of nanoGPT.
 Shapes: B batch, T new tokens, Tp tokens already in the KV cache, C = d_model,
 H heads of size hd = C / H, V vocabulary size.
 
-* :func:`sinusoidal_positions` (eq. 8) and :func:`position_rotation` (eq. 9): the table
+* :func:`sinusoidal_positions` (eq. 7) and :func:`position_rotation` (eq. 8): the table
   PE[p] and the rotation M_k with PE[p + k] = M_k PE[p] for every p.
 * :class:`MultiHeadAttention` (eq. 6): project, split heads, attend with
   :func:`lib.attention.flash_attention` (the core, chapter 7), merge heads, project.
   Same parameter layout as ``torch.nn.MultiheadAttention`` (``in_proj`` = ``qkv``).
-* :class:`TransformerBlock` (eq. 10): x + MHA(LN(x)), then x + MLP(LN(x)).
+* :class:`TransformerBlock` (eq. 11): x + MHA(LN(x)), then x + MLP(LN(x)).
 * :class:`TinyLM`: embedding + positions, n blocks, final LayerNorm, tied output layer.
   ``forward(idx, past, mask, position_ids, return_hidden)`` serves training, decoding with
   a KV cache, and chapter 9's Medusa (hidden states; a tree of candidates scored in one
@@ -44,7 +44,7 @@ Past = list[tuple[torch.Tensor, torch.Tensor]]
 def sinusoidal_positions(
     n: int, d: int, base: float = 10000.0, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """The sinusoidal position table of Vaswani et al. (eq. 8), shape (n, d), fp32.
+    """The sinusoidal position table of Vaswani et al. (eq. 7), shape (n, d), fp32.
 
     PE[p, 2i] = sin(p w_i), PE[p, 2i + 1] = cos(p w_i), w_i = base^(-2i / d); d even.
     """
@@ -63,7 +63,7 @@ def sinusoidal_positions(
 
 
 def position_rotation(k: int, d: int, base: float = 10000.0) -> torch.Tensor:
-    """The (d, d) matrix M_k with PE[p + k] = M_k PE[p] for every position p (eq. 9).
+    """The (d, d) matrix M_k with PE[p + k] = M_k PE[p] for every position p (eq. 8).
 
     Block diagonal: each (sin, cos) pair of frequency w_i turns by the angle k w_i.
     """
@@ -102,7 +102,7 @@ def _check_past(past_kv, b: int, h: int, hd: int, x: torch.Tensor, name: str = "
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention (eq. 6) whose core is :func:`lib.attention.flash_attention`.
+    """Multi-head self-attention (chapter 6, eq. 6); its core is ``lib.attention.flash_attention``.
 
     x: (B, T, C) -> (B, T, C). Parameters as ``torch.nn.MultiheadAttention``:
     ``qkv`` is its ``in_proj`` (rows: W_Q, W_K, W_V), ``proj`` its ``out_proj``.
@@ -151,7 +151,7 @@ class MultiHeadAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm residual block (eq. 10): x + MHA(LN1(x)), then x + MLP(LN2(x)).
+    """Pre-norm residual block (eq. 11): x + MHA(LN1(x)), then x + MLP(LN2(x)).
 
     x: (B, T, C) -> (B, T, C). Causal self-attention; the MLP is C -> 4C -> C with GELU.
     """
@@ -360,7 +360,7 @@ def select_cache(past: Past, index: torch.Tensor) -> Past:
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy in nats (eq. 11): logits (B, T, V), targets (B, T)."""
+    """Mean next-token cross-entropy in nats (eq. 13): logits (B, T, V), targets (B, T)."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
@@ -457,7 +457,7 @@ def evaluate_lm(
 
     ``tokens`` is cut into consecutive windows of ``seq_len + 1`` tokens that overlap by
     one, so every token after the first is predicted exactly once, from the context of
-    its own window. exp of the result is the perplexity (eq. 12).
+    its own window. exp of the result is the perplexity (eq. 14).
     """
     seq_len = getattr(model, "max_len", None) if seq_len is None else seq_len
     check_positive_int(seq_len, "seq_len")
