@@ -138,10 +138,7 @@ def test_triton_backend_matches_torch():
     expected = model(idx).logits
     for block in model.blocks:
         block.attn.backend = "triton"
-    try:
-        got = model(idx).logits
-    except NotImplementedError:
-        pytest.skip("the Triton path of lib.attention.flash_attention is not written yet")
+    got = model(idx).logits  # chapter 7's kernel, through Triton's interpreter on a CPU
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
