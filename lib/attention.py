@@ -10,13 +10,13 @@ s = 1/sqrt(d) by default,
 
     S = s Q K^T,   P = softmax(S) row by row,   O = P V                    (eq. 1)
 
-and the log-sum-exp of each score row, L_i = log sum_j exp(S_ij), is what the backward
-pass recomputes P from (eq. 9).
+and the log-sum-exp of each score row, L_i = log sum_j exp(S_ij) (eq. 6), is what the
+backward pass recomputes P from, P_ij = exp(S_ij - L_i) (eq. 10).
 
 Which keys a query may see:
 
 * ``causal=True`` aligns the causal mask to the bottom-right corner, as flash-attn >= 2.1
-  does: query i sees key j iff j <= i + (Nk - Nq). With Nq = Nk this is the usual
+  does: query i sees key j iff j <= i + (Nk - Nq) (eq. 7). With Nq = Nk this is the usual
   lower triangle; with Nq < Nk (decoding with a KV cache) the last query sees every key.
   PyTorch's ``scaled_dot_product_attention(is_causal=True)`` aligns top-left instead
   (j <= i); ``torch.nn.attention.bias.causal_lower_right`` gives our convention.
@@ -26,6 +26,14 @@ Which keys a query may see:
   how chapter 9 verifies a prefix plus a tree of candidate tokens in one pass.
 * A query row that sees no key at all outputs zeros and has L = -inf, never NaN (the
   convention of chapter 1's softmax for all -inf rows).
+
+The Triton path: a forward kernel (one program per query block and batch x head), and a
+backward made of a small kernel for D = rowsum(dO o O) (eq. 8), a dK/dV kernel (one program
+per key block) and a dQ kernel (one program per query block), both recomputing P from L.
+Head dims are padded to a power of two inside; for d > 128 the backward kernels split the
+output columns between programs to stay within registers (correct, but not tuned for
+speed). ``aot_specs`` lists the default GPU configurations, which compile for sm_90a and
+sm_80 with tensor cores and no register spills (``python -m lib.bench compile``).
 
 Module layout: reference (the spec) -> tiled forward with traffic counters and the IO
 model -> Triton kernels -> autograd wrapper -> public ``flash_attention``.
@@ -90,7 +98,7 @@ def attention_reference(
 
     q: (B, H, Nq, d); k, v: (B, H, Nk, d); mask: None, (Nq, Nm) or (B, Nq, Nm) bool on the
     last Nm keys. Returns O (B, H, Nq, d) in q's dtype, and with ``return_lse`` also the
-    log-sum-exp L (B, H, Nq) in fp32 (eq. 9). Differentiable through autograd. Rows that
+    log-sum-exp L (B, H, Nq) in fp32 (eq. 6). Differentiable through autograd. Rows that
     see no key give zeros and L = -inf.
     """
     d = q.shape[-1]
@@ -146,7 +154,7 @@ def attention_tiled(
     dtype, and the bytes read from q, k, v and written to O and L, counted as the loads and
     stores happen. Loop order of FlashAttention-2 and of the Triton kernel: for each query
     block Q_i (read once), sweep the key blocks K_j, V_j (read once per query block),
-    keeping the running max m, normaliser l and unnormalised output acc (eqs. 4-6); store
+    keeping the running max m, normaliser l and unnormalised output acc (eqs. 3-5); store
     O_i = acc / l and L_i = m + log l once. Causal tiles entirely above the (bottom-right)
     diagonal are skipped, as in the kernel. Only small (B, H, block_m, block_n) score tiles
     ever exist: the extra memory is O(B H block_m (block_n + d)), not O(B H Nq Nk).
@@ -223,7 +231,7 @@ def tile_plan(n_q: int, n_k: int, block_m: int, block_n: int, causal: bool = Fal
 
 
 def standard_attention_io(n: int, d: int, itemsize: int = 2) -> int:
-    """HBM bytes of standard attention (Algorithm 0 of Dao et al. 2022), per head: eq. 10.
+    """HBM bytes of standard attention (Algorithm 0 of Dao et al. 2022), per head: eq. 2.
 
     Read Q, K (2Nd), write S (N^2); read S, write P (2N^2); read P, V, write O
     (N^2 + 2Nd): 4Nd + 4N^2 elements, Theta(Nd + N^2).
@@ -511,7 +519,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, stri
                          MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
                          PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
-    """Sweep query blocks [lo, hi) for one key block: dV += P^T dO, dK += dS^T Q (eqs. 7-9)."""
+    """Sweep query blocks [lo, hi) for one key block: dV += P^T dO, dK += dS^T Q (eqs. 8-10)."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m
         row_ok = rows < N_Q
@@ -558,7 +566,7 @@ def _attn_bwd_dkdv_kernel(
 ):
     """One program per (key block, batch x head, column part): dK_j and dV_j.
 
-    P^T is recomputed tile by tile from the saved L (eq. 9), transposed so that the
+    P^T is recomputed tile by tile from the saved L (eq. 10), transposed so that the
     accumulators dK_j, dV_j (BLOCK_N x d) stay on chip. Padding keys (k = v = 0) give
     rows of dK, dV that are never stored, so only causal and mask need masking here.
     A program writes BLOCK_DO of the head dim's columns (all of them up to d = 128; a part
@@ -616,7 +624,7 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_
                        N_Q, N_K, N_M, qk_scale, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
-    """Sweep key blocks [lo, hi) for one query block: dQ += dS K (eqs. 7-9)."""
+    """Sweep key blocks [lo, hi) for one query block: dQ += dS K (eqs. 8-10)."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         kv_ok = _tile_mask(cols, N_K, offs_d, True, HEAD_DIM, BLOCK_D)  # padding keys: 0
@@ -652,7 +660,7 @@ def _attn_bwd_dq_kernel(
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One program per (query block, batch x head, column part): dQ_i = s sum_j dS_ij K_j
-    (eqs. 7-9); a program writes BLOCK_DO columns of dQ, as in the dK, dV kernel."""
+    (eqs. 8-10); a program writes BLOCK_DO columns of dQ, as in the dK, dV kernel."""
     start_m = tl.program_id(0) * BLOCK_M
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -804,7 +812,7 @@ def _flash_fwd_triton(q, k, v, causal, scale, mask, block_m=None, block_n=None):
 
 def _flash_bwd_triton(q, k, v, out, lse, do, dlse, causal, scale, mask,
                       block_m=None, block_n=None, block_do=None):
-    """dQ, dK, dV (eqs. 7-9) by recomputing P from L; ``dlse`` (or None) is L's gradient."""
+    """dQ, dK, dV (eqs. 8-10) by recomputing P from L; ``dlse`` (or None) is L's gradient."""
     q, k, v, out, do = map(_last_dim_contiguous, (q, k, v, out, do))
     batch, heads, n_q, d = q.shape
     n_k = k.shape[2]
