@@ -6,6 +6,9 @@ PY     := $(VENV)/bin/python
 # disk; on a CUDA machine the same line installs the CUDA build from PyPI.
 TORCH  ?= torch==2.13.0
 JOBS   ?= 2
+# JOBS notebooks or test workers run at once; one CPU thread each keeps them from
+# oversubscribing the cores (small tensors gain nothing from more threads)
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: book test install execute refresh bench-compile lint clean
 

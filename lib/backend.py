@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
 import torch
 
 CUDA = torch.cuda.is_available()
+# Triton decorates its own helpers (tl.max, tl.sum, ...) when it is imported: if it was
+# imported before lib, they were compiled-mode functions and the interpreter cannot run.
+_LATE = "triton" in sys.modules and "TRITON_INTERPRET" not in os.environ
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -35,7 +39,7 @@ try:
 except ImportError:  # macOS, Windows, or a minimal install
     HAS_TRITON = False
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1" and not _LATE
 BACKENDS = ("auto", "triton", "torch")
 SCALES = ("quick", "full")
 
@@ -62,6 +66,12 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
         return "triton" if HAS_TRITON and on_cuda else "torch"
     if not HAS_TRITON:
         raise RuntimeError(_INSTALL_HINT)
+    if not on_cuda and not INTERPRET and _LATE:
+        raise RuntimeError(
+            "backend='triton' on CPU tensors needs Triton's interpreter, but Triton was "
+            "imported before lib, too early for lib to switch the interpreter on. Import lib "
+            "first, or set TRITON_INTERPRET=1 in the environment before starting Python."
+        )
     if not on_cuda and not INTERPRET:
         raise RuntimeError(
             "backend='triton' on CPU tensors needs Triton's interpreter, but "

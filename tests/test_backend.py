@@ -88,3 +88,18 @@ def test_lib_imports_and_falls_back_without_triton(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "pip install triton" in out.stdout
+
+
+def test_triton_imported_before_lib_is_a_clear_error():
+    """Triton's helpers are decorated at its import; the interpreter cannot be switched on later."""
+    if torch.cuda.is_available() or not backend.HAS_TRITON:
+        pytest.skip("only meaningful without CUDA, with Triton")
+    code = (
+        "import triton, torch, lib, lib.softmax as s\n"
+        "try:\n    s.softmax(torch.randn(2, 3), backend='triton')\n"
+        "except RuntimeError as e:\n    print(e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "imported before lib" in out.stdout
