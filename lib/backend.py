@@ -50,6 +50,13 @@ _INSTALL_HINT = (
 )
 
 
+def check_backend(backend) -> str:
+    """Raise ``ValueError`` unless ``backend`` is one of :data:`BACKENDS`; return it."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
     """Turn ``backend`` into ``"triton"`` or ``"torch"`` for ops on ``tensors``.
 
@@ -57,8 +64,7 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
     device, and the PyTorch reference otherwise. ``triton`` on CPU tensors runs
     the kernel through Triton's interpreter.
     """
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     on_cuda = all(t.is_cuda for t in tensors) if tensors else CUDA
     if backend == "torch":
         return "torch"

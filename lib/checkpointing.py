@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 
-from .validate import check_positive_int
+from .validate import check_callable, check_positive_int
 
 # ----------------------------------------------------------------------------- schedule model
 
@@ -339,8 +339,7 @@ def checkpoint(fn: Callable, *args, preserve_rng_state: bool = True, **kwargs):
     Memory kept: the tensor arguments (positional; keyword tensors are held by reference as
     given). Recomputation costs one more forward of ``fn``.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    check_callable(fn, "fn")
     if not isinstance(preserve_rng_state, bool):
         raise TypeError("preserve_rng_state must be a bool, "
                         f"got {type(preserve_rng_state).__name__}")
@@ -370,8 +369,7 @@ def _as_layers(layers) -> list:
     if not layers:
         raise ValueError("layers must contain at least one layer, got none")
     for i, layer in enumerate(layers):
-        if not callable(layer):
-            raise TypeError(f"layers[{i}] must be callable, got {type(layer).__name__}")
+        check_callable(layer, f"layers[{i}]")
     return layers
 
 
@@ -501,8 +499,7 @@ def saved_activation_bytes(fn: Callable, *args, **kwargs) -> int:
 
     The backward pass accumulates into ``.grad`` as any backward does.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    check_callable(fn, "fn")
     given = list(args) + list(kwargs.values())
     ledger = _Ledger({_storage_key(t) for t in given if isinstance(t, torch.Tensor)})
     with saved_tensors_hooks(ledger.pack, ledger.unpack):
@@ -516,8 +513,7 @@ def forward_calls(modules: Sequence[nn.Module], fn: Callable, *args, **kwargs) -
     Counted with ``register_forward_hook``; recomputation in the backward pass counts too,
     so with k segments each layer of a checkpointed segment runs twice (eq. 6).
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    check_callable(fn, "fn")
     for i, module in enumerate(modules):
         if not isinstance(module, nn.Module):
             raise TypeError(f"modules[{i}] must be an nn.Module, got {type(module).__name__}")
@@ -546,8 +542,7 @@ def peak_memory(fn: Callable, *args, **kwargs) -> int:
     saved activations, temporaries, gradients. On CPU there is no allocator statistic to
     read: it raises ``RuntimeError``; use ``saved_activation_bytes`` there.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    check_callable(fn, "fn")
     tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
     if isinstance(fn, nn.Module):
         tensors += list(fn.parameters())

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import check_tensor
+from .validate import check_callable, check_tensor
 
 # ------------------------------------------------------------------ named corpora
 
@@ -58,8 +58,7 @@ def register_corpus(
     """Add a named corpus; ``loader()`` returns its whole text as one string."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if not callable(loader):
-        raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+    check_callable(loader, "loader")
     CORPORA[name] = CorpusInfo(name, source, requires, loader)
 
 

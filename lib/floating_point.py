@@ -27,7 +27,7 @@ import torch
 
 from ._triton import tl, triton
 from .aot import KernelSpec
-from .backend import BACKENDS, resolve_backend
+from .backend import check_backend, resolve_backend
 from .validate import FLOAT_DTYPES, check_positive_int, check_tensor
 
 # ------------------------------------------------------------------------------------ formats
@@ -528,8 +528,7 @@ class DynamicLossScaler:
         if not 0 < backoff_factor < 1:
             raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor}")
         check_positive_int(growth_interval, "growth_interval")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_backend(backend)
         self.init_scale, self.growth_factor = float(init_scale), float(growth_factor)
         self.backoff_factor, self.growth_interval = float(backoff_factor), growth_interval
         self.backend = backend

@@ -54,6 +54,13 @@ def check_same(attr: str, **tensors: torch.Tensor) -> None:
         raise ValueError(f"{', '.join(values)} must have the same {attr}, got {listed}")
 
 
+def check_callable(fn, name: str):
+    """Raise ``TypeError`` unless ``fn`` is callable; return it."""
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    return fn
+
+
 def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
     """Raise unless ``value`` is an int of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
