@@ -17,7 +17,6 @@ H heads of size hd = C / H, V vocabulary size.
   a KV cache, and chapter 9's Medusa (hidden states; a tree of candidates scored in one
   pass with an attention mask and explicit position ids). ``generate`` decodes greedily
   or by sampling, with or without the cache.
-* :func:`train_lm` and :func:`evaluate_lm`: the training loop and the validation loss.
 
 The KV cache ("past") is a list with one ``(k, v)`` pair per block, each (B, H, Tp, hd).
 """
@@ -25,13 +24,10 @@ The KV cache ("past") is a list with one ``(k, v)`` pair per block, each (B, H, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .attention import flash_attention
 from .validate import FLOAT_DTYPES, check_positive_int, check_tensor
@@ -354,131 +350,3 @@ def select_cache(past: Past, index: torch.Tensor) -> Past:
     if index.dtype != torch.long:
         raise TypeError(f"index must be a LongTensor, got {index.dtype}")
     return [(k.index_select(2, index), v.index_select(2, index)) for k, v in past]
-
-
-# ------------------------------------------------------------------ training, evaluation
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy in nats (eq. 13): logits (B, T, V), targets (B, T)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
-
-def _check_tokens(tokens, seq_len: int, name: str = "tokens"):
-    check_tensor(tokens, name, ndim=1)
-    if tokens.dtype != torch.long:
-        raise TypeError(f"{name} must be a LongTensor of token ids, got {tokens.dtype}")
-    if tokens.numel() < seq_len + 1:
-        raise ValueError(f"{name} must hold at least seq_len + 1 = {seq_len + 1} tokens, "
-                         f"got {tokens.numel()}")
-
-
-def train_lm(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    steps: int,
-    batch_size: int = 32,
-    seq_len: int | None = None,
-    lr: float = 3e-3,
-    weight_decay: float = 0.1,
-    warmup: int | None = None,
-    grad_clip: float | None = 1.0,
-    seed: int = 0,
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    progress: bool = True,
-    desc: str = "training",
-) -> list[float]:
-    """Train ``model`` on random windows of the 1-D LongTensor ``tokens``; return the losses.
-
-    Each step draws ``batch_size`` windows of ``seq_len + 1`` tokens (``seq_len`` defaults
-    to ``model.max_len``) from a generator seeded with ``seed``; inputs are the first
-    ``seq_len`` tokens, targets the last ``seq_len``. The loss is ``loss_fn(model, x, y)``,
-    by default :func:`lm_loss` of ``model(x).logits``. AdamW on the parameters that
-    require grad (weight decay on matrices only), linear warmup then cosine decay to
-    lr / 10, gradient clipping. A ``tqdm.auto`` bar shows progress. Returns the loss of
-    every step (floats). The model is left in the training mode it had.
-    """
-    seq_len = getattr(model, "max_len", None) if seq_len is None else seq_len
-    check_positive_int(seq_len, "seq_len")
-    _check_tokens(tokens, seq_len)
-    check_positive_int(steps, "steps")
-    check_positive_int(batch_size, "batch_size")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if warmup is None:
-        warmup = min(100, steps // 10)
-    check_positive_int(warmup, "warmup", minimum=0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no parameters that require grad")
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
-
-    def lr_at(step):
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        frac = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
-
-    loss_fn = loss_fn or (lambda m, x, y: lm_loss(m(x).logits, y))
-    device = params[0].device
-    g = torch.Generator().manual_seed(seed)
-    offsets = torch.arange(seq_len + 1)
-    was_training = model.training
-    model.train()
-    history = []
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
-    for step in bar:
-        starts = torch.randint(0, tokens.numel() - seq_len, (batch_size, 1), generator=g)
-        window = tokens[starts + offsets].to(device)  # (B, seq_len + 1)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        loss = loss_fn(model, window[:, :-1], window[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        history.append(loss.item())
-        if step % 25 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{history[-1]:.3f}", refresh=False)
-    model.train(was_training)
-    return history
-
-
-@torch.no_grad()
-def evaluate_lm(
-    model: nn.Module, tokens: torch.Tensor, seq_len: int | None = None, batch_size: int = 64
-) -> float:
-    """Mean next-token cross-entropy (nats per token) of ``model`` over ``tokens`` (1-D).
-
-    ``tokens`` is cut into consecutive windows of ``seq_len + 1`` tokens that overlap by
-    one, so every token after the first is predicted exactly once, from the context of
-    its own window. exp of the result is the perplexity (eq. 14).
-    """
-    seq_len = getattr(model, "max_len", None) if seq_len is None else seq_len
-    check_positive_int(seq_len, "seq_len")
-    check_positive_int(batch_size, "batch_size")
-    _check_tokens(tokens, 1)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    n = tokens.numel()
-    n_full = (n - 1) // seq_len  # full windows; a shorter tail window takes the rest
-    x = tokens[: n_full * seq_len].view(n_full, seq_len)  # (n_full, seq_len)
-    y = tokens[1 : n_full * seq_len + 1].view(n_full, seq_len)
-    batches = [(x[i : i + batch_size], y[i : i + batch_size])
-               for i in range(0, n_full, batch_size)]
-    rest = n_full * seq_len
-    if rest < n - 1:
-        batches.append((tokens[rest : n - 1][None], tokens[rest + 1 :][None]))
-    total = 0.0
-    for xb, yb in batches:
-        logits = model(xb.to(device)).logits
-        total += F.cross_entropy(logits.flatten(0, 1).float(), yb.to(device).flatten(),
-                                 reduction="sum").item()
-    model.train(was_training)
-    return total / (n - 1)

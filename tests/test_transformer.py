@@ -1,5 +1,5 @@
 """lib/transformer.py: positions, MHA vs torch.nn.MultiheadAttention, the KV cache, tree
-verification in one pass, training and evaluation, bad input."""
+verification in one pass, bad input."""
 
 import math
 
@@ -14,12 +14,9 @@ from lib.transformer import (
     MultiHeadAttention,
     TinyLM,
     TransformerBlock,
-    evaluate_lm,
-    lm_loss,
     position_rotation,
     select_cache,
     sinusoidal_positions,
-    train_lm,
 )
 
 ATOL = 1e-5  # fp32 everywhere: differences are summation order only
@@ -276,59 +273,6 @@ def test_tree_masks_per_batch_row():
     torch.testing.assert_close(out.logits[1], torch.stack(row1), atol=ATOL, rtol=0)
 
 
-# ------------------------------------------------------------------- training, evaluation
-
-
-def test_train_lm_learns_a_periodic_sequence():
-    model = tiny(7, max_len=16)
-    tokens = torch.arange(5).repeat(200)  # 0 1 2 3 4 0 1 2 ...: predictable after one token
-    history = train_lm(model, tokens, steps=60, batch_size=8, lr=1e-2, progress=False)
-    assert len(history) == 60 and all(isinstance(h, float) for h in history)
-    assert history[0] > 2.0 and max(history[-5:]) < 0.1
-    assert evaluate_lm(model, tokens[:300]) < 0.1
-    assert not model.training  # the mode it had (tiny() returns it in eval mode)
-
-
-def test_train_lm_is_deterministic_and_trains_only_what_requires_grad():
-    tokens = torch.randint(0, 11, (500,), generator=torch.Generator().manual_seed(0))
-    histories = []
-    for _ in range(2):
-        model = tiny(8)
-        model.tok_emb.weight.requires_grad_(False)
-        frozen = model.tok_emb.weight.clone()
-        histories.append(train_lm(model, tokens, steps=5, batch_size=4, seq_len=12,
-                                  progress=False, seed=3))
-        assert torch.equal(model.tok_emb.weight, frozen)
-    assert histories[0] == histories[1]
-
-
-def test_train_lm_custom_loss():
-    calls = []
-
-    def loss_fn(model, x, y):
-        calls.append((x.shape, y.shape, torch.equal(x[:, 1:], y[:, :-1])))
-        return lm_loss(model(x).logits, y)
-
-    train_lm(tiny(9), torch.arange(50) % 11, steps=3, batch_size=2, seq_len=6,
-             loss_fn=loss_fn, progress=False)
-    assert calls == [((2, 6), (2, 6), True)] * 3
-
-
-def test_evaluate_lm_equals_direct_cross_entropy():
-    """Windows of seq_len + 1 tokens overlapping by one; a shorter last window."""
-    model = tiny(10, max_len=8)
-    tokens = torch.randint(0, 11, (30,), generator=torch.Generator().manual_seed(1))
-    nll = []
-    for s in range(0, 29, 8):
-        w = tokens[s : s + 9]
-        logits = model(w[None, :-1]).logits[0]
-        nll.append(torch.nn.functional.cross_entropy(logits, w[1:], reduction="none"))
-    expected = torch.cat(nll)
-    assert expected.numel() == 29
-    assert evaluate_lm(model, tokens, batch_size=2) == pytest.approx(expected.mean().item(),
-                                                                     rel=1e-5)
-
-
 # ------------------------------------------------------------------------------ bad input
 
 
@@ -409,22 +353,8 @@ def test_backend_bad_value():
         TinyLM(5, 8, 2, 1, 8, backend="cuda")(torch.zeros(1, 2, dtype=torch.long))
 
 
-def test_training_and_cache_bad_input():
+def test_cache_bad_input():
     model = tiny()
     tokens = torch.arange(100) % 11
-    with pytest.raises(ValueError, match="at least seq_len . 1 = 41"):
-        train_lm(model, tokens[:40], steps=1, progress=False)
-    with pytest.raises(TypeError, match="tokens must be a LongTensor"):
-        train_lm(model, tokens.float(), steps=1, seq_len=8, progress=False)
-    with pytest.raises(ValueError, match="steps must be at least 1"):
-        train_lm(model, tokens, steps=0, seq_len=8, progress=False)
-    with pytest.raises(ValueError, match="lr must be positive"):
-        train_lm(model, tokens, steps=1, seq_len=8, lr=0.0, progress=False)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    with pytest.raises(ValueError, match="no parameters that require grad"):
-        train_lm(model, tokens, steps=1, seq_len=8, progress=False)
-    with pytest.raises(ValueError, match="tokens must have 1 dimensions"):
-        evaluate_lm(model, tokens[None])
     with pytest.raises(TypeError, match="index must be a LongTensor"):
         select_cache(model(tokens[None, :5]).past, torch.tensor([0.0]))
