@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -67,4 +68,71 @@ def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_int(value, name: str, *, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """Raise unless ``value`` is an int (not a bool) in [minimum, maximum]; return it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+def check_real(value, name: str, *, minimum: float | None = None,
+               maximum: float | None = None, strict: bool = False,
+               finite: bool = True) -> float:
+    """Raise unless ``value`` is a real number (int or float, not a bool or a string).
+
+    finite: also refuse NaN and +-inf. minimum/maximum bound the value, excluded when
+    ``strict`` (e.g. ``minimum=0, strict=True`` for "positive"). Returns it as a float.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        word = "greater than" if strict else "at least"
+        raise ValueError(f"{name} must be {word} {minimum}, got {value}")
+    if maximum is not None and (value >= maximum if strict else value > maximum):
+        word = "less than" if strict else "at most"
+        raise ValueError(f"{name} must be {word} {maximum}, got {value}")
+    return value
+
+
+def check_bool(value, name: str) -> bool:
+    """Raise ``TypeError`` unless ``value`` is a bool (a string such as "no" is refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_long_tensor(x, name: str, *, ndim: int | Iterable[int] | None = None,
+                      low: int | None = None, high: int | None = None) -> torch.Tensor:
+    """Raise unless ``x`` is an int64 tensor of the given rank with values in [low, high).
+
+    The range check reads the values (a device sync on CUDA): call it once per user
+    call, not inside a decoding loop.
+    """
+    check_tensor(x, name, ndim=ndim)
+    if x.dtype != torch.long:
+        raise TypeError(f"{name} must be a LongTensor (int64), got {x.dtype}")
+    if x.numel() and (low is not None or high is not None):
+        lo, hi = int(x.min()), int(x.max())
+        if (low is not None and lo < low) or (high is not None and hi >= high):
+            bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high})"
+            raise ValueError(f"{name} must hold values in {bounds}, got values in [{lo}, {hi}]")
+    return x
+
+
+def check_choice(value, name: str, choices: Iterable[str]) -> str:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``; return it."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
