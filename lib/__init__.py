@@ -5,6 +5,15 @@ absent, before any kernel module defines a ``@triton.jit`` kernel. Topic modules
 (``lib.softmax``, ``lib.attention``, ...) are imported by name.
 """
 
-from .backend import by_scale, environment_report, resolve_backend, scale
+from .backend import (
+    by_scale,
+    default_device,
+    environment_report,
+    gpu_section,
+    resolve_backend,
+    scale,
+)
 
-__all__ = ["by_scale", "environment_report", "resolve_backend", "scale"]
+__all__ = [
+    "by_scale", "default_device", "environment_report", "gpu_section", "resolve_backend", "scale",
+]

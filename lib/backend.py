@@ -102,6 +102,22 @@ def by_scale(quick, full):
     return full if scale() == "full" else quick
 
 
+def gpu_section(what: str) -> bool:
+    """The gate of a notebook cell that only makes sense at full scale on a GPU.
+
+    Returns True when CUDA is present and the scale is ``full``; otherwise prints one
+    line saying that ``what`` was skipped and why, and returns False::
+
+        if lib.gpu_section("the timing benchmark"):
+            bench_softmax(None)
+    """
+    if CUDA and scale() == "full":
+        return True
+    print(f"Skipped: {what} needs CUDA and BOOK_SCALE=full "
+          f"(here: device={default_device()}, scale={scale()}).")
+    return False
+
+
 def default_device() -> torch.device:
     """CUDA when present, else CPU: where notebooks put their tensors."""
     return torch.device("cuda" if CUDA else "cpu")

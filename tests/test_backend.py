@@ -103,3 +103,13 @@ def test_triton_imported_before_lib_is_a_clear_error():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "imported before lib" in out.stdout
+
+
+def test_gpu_section_runs_only_at_full_scale_on_cuda(monkeypatch, capsys):
+    for cuda, scale_name, expected in [(False, "full", False), (True, "quick", False),
+                                       (True, "full", True), (False, "quick", False)]:
+        monkeypatch.setattr(backend, "CUDA", cuda)
+        monkeypatch.setenv("BOOK_SCALE", scale_name)
+        assert backend.gpu_section("the benchmark") is expected
+        out = capsys.readouterr().out
+        assert ("Skipped: the benchmark needs CUDA and BOOK_SCALE=full" in out) is not expected
