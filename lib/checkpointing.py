@@ -15,9 +15,10 @@ k = sqrt(n) (eq. 5), for one extra forward of every checkpointed layer (eq. 6).
 
 Module layout: the schedule model (the spec: which activations are live at each step,
 in plain Python) -> our checkpoint (a non-reentrant implementation on saved-tensor
-hooks) -> checkpoint_sequential -> measurements (saved bytes, forward calls, CUDA peak).
-The reference for ``checkpoint(fn, *args)`` is ``fn(*args)`` itself: same outputs, same
-gradients, bit for bit.
+hooks) -> checkpoint_sequential, checkpoint_recursive -> :func:`mlp_chain`, the uniform
+chain the chapter measures. The measurements themselves (saved bytes, forward calls,
+CUDA peak) are :mod:`lib.memory`'s. The reference for ``checkpoint(fn, *args)`` is
+``fn(*args)`` itself: same outputs, same gradients, bit for bit.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ import torch
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 
-from .validate import check_callable, check_positive_int
+from .validate import (
+    check_bool,
+    check_callable,
+    check_int,
+    check_positive_int,
+    check_real,
+    check_tensor,
+)
 
 # ----------------------------------------------------------------------------- schedule model
 
@@ -44,7 +52,7 @@ def segment_sizes(n: int, k: int) -> list[int]:
     the checkpoints to the *left* of a segment are live while it is recomputed (eq. 4).
     """
     n = check_positive_int(n, "n")
-    k = _check_segments(k, n)
+    k = _check_segments(k, n, "k")
     q, r = divmod(n, k)
     return [q + 1] * r + [q] * (k - r)
 
@@ -57,7 +65,7 @@ def peak_activations(n: int, k: int) -> int:
     is no checkpointing: n activations (eq. 3). The chain's input is not counted.
     """
     n = check_positive_int(n, "n")
-    k = _check_segments(k, n)
+    k = _check_segments(k, n, "k")
     # segment j (0-based, size s_j) is live with the j checkpoints left of it; sizes do not
     # grow, so the maximum of j + s_j is at the last segment: (k - 1) + n // k.
     return k - 1 + n // k
@@ -146,7 +154,8 @@ def segment_schedule(n: int, k: int) -> Schedule:
     The first k - 1 segments run without saving anything but their output (the next
     segment's input); the last runs normally. Backward goes segment by segment from the
     end, recomputing each checkpointed segment from its input first. The peak equals
-    ``peak_activations(n, k)`` and the measured ``saved_activation_bytes`` (tests).
+    ``peak_activations(n, k)`` and the measured
+    :func:`lib.memory.saved_activation_bytes` (tests).
     """
     sizes = segment_sizes(n, k)
     tape = _Tape(n)
@@ -340,9 +349,7 @@ def checkpoint(fn: Callable, *args, preserve_rng_state: bool = True, **kwargs):
     given). Recomputation costs one more forward of ``fn``.
     """
     check_callable(fn, "fn")
-    if not isinstance(preserve_rng_state, bool):
-        raise TypeError("preserve_rng_state must be a bool, "
-                        f"got {type(preserve_rng_state).__name__}")
+    check_bool(preserve_rng_state, "preserve_rng_state")
     if not torch.is_grad_enabled():  # nothing will be saved: nothing to checkpoint
         return fn(*args, **kwargs)
     frame = _Frame(fn, args, kwargs, preserve_rng_state)
@@ -350,11 +357,11 @@ def checkpoint(fn: Callable, *args, preserve_rng_state: bool = True, **kwargs):
         return fn(*args, **kwargs)
 
 
-def _check_segments(segments, n_layers: int) -> int:
-    segments = check_positive_int(segments, "segments")
+def _check_segments(segments, n_layers: int, name: str = "segments") -> int:
+    segments = check_int(segments, name, minimum=1)
     if segments > n_layers:
         raise ValueError(
-            f"segments must be at most the number of layers ({n_layers}), got {segments}")
+            f"{name} must be at most the number of layers ({n_layers}), got {segments}")
     return segments
 
 
@@ -391,6 +398,8 @@ def checkpoint_sequential(layers, segments: int, x: torch.Tensor, *,
     """
     layers = _as_layers(layers)
     segments = _check_segments(segments, len(layers))
+    check_tensor(x, "x")
+    check_bool(preserve_rng_state, "preserve_rng_state")
     start = 0
     sizes = segment_sizes(len(layers), segments)
     for s in sizes[:-1]:
@@ -407,6 +416,8 @@ def checkpoint_recursive(layers, x: torch.Tensor, *, preserve_rng_state: bool = 
     ``recursive_schedule(n)``, whose peak and forward count the tests measure.
     """
     layers = _as_layers(layers)
+    check_tensor(x, "x")
+    check_bool(preserve_rng_state, "preserve_rng_state")
     if len(layers) == 1:
         return layers[0](x)
     m = (len(layers) + 1) // 2
@@ -415,148 +426,7 @@ def checkpoint_recursive(layers, x: torch.Tensor, *, preserve_rng_state: bool = 
     return recurse(layers[m:], h)
 
 
-# ----------------------------------------------------------------------------- measurement
-
-
-def _tensors_in(obj) -> list[torch.Tensor]:
-    """Tensors in an output: a tensor, or (nested) tuples, lists and dict values."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (tuple, list)):
-        return [t for o in obj for t in _tensors_in(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors_in(o)]
-    return []
-
-
-def _forward_backward(fn, args, kwargs) -> None:
-    """``fn(*args, **kwargs)``, then backward from the sum of every output that needs grad."""
-    outputs = [t for t in _tensors_in(fn(*args, **kwargs)) if t.requires_grad]
-    if outputs:
-        torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
-
-
-def _storage_key(t: torch.Tensor):
-    return t.device, t.untyped_storage().data_ptr()
-
-
-class _Ledger:
-    """Live bytes of saved activations, one entry per storage, and their peak."""
-
-    def __init__(self, exclude: set):
-        self.exclude = exclude  # storages of the arguments: they live anyway
-        self.refs: dict = {}  # storage key -> [count, nbytes]
-        self.live = self.peak = 0
-
-    def is_activation(self, t: torch.Tensor) -> bool:
-        base = t._base if t._base is not None else t
-        if isinstance(base, nn.Parameter) or (base.is_leaf and base.requires_grad):
-            return False  # parameters and inputs that need grad (or views of them)
-        return _storage_key(t) not in self.exclude
-
-    def pack(self, t: torch.Tensor):
-        if not self.is_activation(t):
-            return t
-        return _Counted(self, t)
-
-    @staticmethod
-    def unpack(packed):
-        return packed.tensor if isinstance(packed, _Counted) else packed
-
-
-class _Counted:
-    """A saved tensor on the ledger; its storage leaves the ledger when autograd drops it."""
-
-    __slots__ = ("ledger", "tensor", "key")
-
-    def __init__(self, ledger: _Ledger, t: torch.Tensor):
-        self.ledger, self.tensor, self.key = ledger, t, _storage_key(t)
-        entry = ledger.refs.setdefault(self.key, [0, t.untyped_storage().nbytes()])
-        if entry[0] == 0:
-            ledger.live += entry[1]
-            ledger.peak = max(ledger.peak, ledger.live)
-        entry[0] += 1
-
-    def __del__(self):
-        entry = self.ledger.refs[self.key]
-        entry[0] -= 1
-        if entry[0] == 0:
-            self.ledger.live -= entry[1]
-            del self.ledger.refs[self.key]
-
-
-def saved_activation_bytes(fn: Callable, *args, **kwargs) -> int:
-    """Peak bytes of activations held for backward while ``fn(*args, **kwargs)`` trains.
-
-    Runs ``fn`` and a backward pass from the sum of its outputs with a pair of
-    ``torch.autograd.graph.saved_tensors_hooks`` that put every saved tensor on a ledger
-    until autograd releases it. Exact and device independent (bytes come from storages,
-    not from an allocator). Each storage counts once, however many ops save it or views of
-    it. Not counted: parameters, inputs that require grad (and views of them), and the
-    storages of the arguments, which live anyway. Our ``checkpoint`` keeps its inputs and
-    recomputed tensors as saved tensors, so they are counted; ``torch.utils.checkpoint``
-    keeps its recomputed tensors outside the hooks, so they are not.
-
-    The backward pass accumulates into ``.grad`` as any backward does.
-    """
-    check_callable(fn, "fn")
-    given = list(args) + list(kwargs.values())
-    ledger = _Ledger({_storage_key(t) for t in given if isinstance(t, torch.Tensor)})
-    with saved_tensors_hooks(ledger.pack, ledger.unpack):
-        _forward_backward(fn, args, kwargs)
-    return ledger.peak
-
-
-def forward_calls(modules: Sequence[nn.Module], fn: Callable, *args, **kwargs) -> list[int]:
-    """How many times each of ``modules`` runs its forward during ``fn``'s forward + backward.
-
-    Counted with ``register_forward_hook``; recomputation in the backward pass counts too,
-    so with k segments each layer of a checkpointed segment runs twice (eq. 6).
-    """
-    check_callable(fn, "fn")
-    for i, module in enumerate(modules):
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"modules[{i}] must be an nn.Module, got {type(module).__name__}")
-    counts = [0] * len(modules)
-    hooks = []
-    for i, module in enumerate(modules):
-
-        def count(*_, i=i):
-            counts[i] += 1
-
-        hooks.append(module.register_forward_hook(count))
-    try:
-        _forward_backward(fn, args, kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return counts
-
-
-def peak_memory(fn: Callable, *args, **kwargs) -> int:
-    """Peak CUDA memory in bytes allocated beyond the start while ``fn`` trains one step.
-
-    Runs ``fn(*args, **kwargs)`` and a backward pass from the sum of its outputs, and reads
-    ``torch.cuda.max_memory_allocated`` on the device of the first CUDA tensor argument (or
-    of ``fn``'s parameters if ``fn`` is a module). This counts everything the step allocates:
-    saved activations, temporaries, gradients. On CPU there is no allocator statistic to
-    read: it raises ``RuntimeError``; use ``saved_activation_bytes`` there.
-    """
-    check_callable(fn, "fn")
-    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
-    if isinstance(fn, nn.Module):
-        tensors += list(fn.parameters())
-    device = next((t.device for t in tensors if t.is_cuda), None)
-    if device is None:
-        raise RuntimeError(
-            "peak_memory needs CUDA tensors (torch.cuda.max_memory_allocated); PyTorch keeps no "
-            "allocator statistics on the CPU. Use saved_activation_bytes(fn, *args) instead.")
-    torch.cuda.synchronize(device)
-    start = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    _forward_backward(fn, args, kwargs)
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - start
+# ----------------------------------------------------------------------------- test chain
 
 
 def mlp_chain(n: int, width: int, *, p_drop: float = 0.0, seed: int = 0) -> nn.Sequential:
@@ -567,8 +437,10 @@ def mlp_chain(n: int, width: int, *, p_drop: float = 0.0, seed: int = 0) -> nn.S
     """
     n = check_positive_int(n, "n")
     width = check_positive_int(width, "width")
-    if not 0.0 <= p_drop < 1.0:
+    p_drop = check_real(p_drop, "p_drop", minimum=0.0)
+    if p_drop >= 1.0:
         raise ValueError(f"p_drop must be in [0, 1), got {p_drop}")
+    check_int(seed, "seed")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

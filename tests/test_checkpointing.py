@@ -1,5 +1,6 @@
 """lib/checkpointing.py: gradients vs no checkpointing vs torch.utils.checkpoint, the memory
-model vs bytes counted with saved-tensor hooks, forward calls, schedules, bad input."""
+model vs bytes counted with lib.memory's saved-tensor hooks, forward calls, schedules, bad
+input."""
 
 import math
 
@@ -14,17 +15,15 @@ from lib.checkpointing import (
     checkpoint,
     checkpoint_recursive,
     checkpoint_sequential,
-    forward_calls,
     forward_count,
     mlp_chain,
     optimal_segments,
     peak_activations,
-    peak_memory,
     recursive_schedule,
-    saved_activation_bytes,
     segment_schedule,
     segment_sizes,
 )
+from lib.memory import forward_calls, peak_memory, saved_activation_bytes
 
 WIDTH, BATCH = 8, 5
 UNIT = WIDTH * BATCH * 4  # bytes of one fp32 (BATCH, WIDTH) activation
@@ -224,30 +223,6 @@ def test_one_extra_forward_per_checkpointed_segment(n, k):
     assert sum(calls) == forward_count(n, k) == segment_schedule(n, k).forwards
 
 
-def test_each_storage_counts_once_and_bytes_follow_dtype():
-    def fn(x):
-        h = x.exp()  # exp saves its result h; the product saves h twice more
-        return h * h + h[::2].sum()
-
-    for dtype in (torch.float32, torch.float16):
-        x = torch.randn(6, 10, dtype=dtype, requires_grad=True)
-        assert saved_activation_bytes(fn, x) == 60 * x.element_size()
-
-
-def test_parameters_and_arguments_are_not_activations():
-    lin = nn.Linear(WIDTH, WIDTH)
-    x = torch.randn(BATCH, WIDTH)
-    assert saved_activation_bytes(lin, x) == 0  # saves x (an argument) and W (a parameter)
-    assert saved_activation_bytes(lambda x: torch.relu(lin(x)), x) == UNIT
-
-
-def test_dropout_masks_are_counted():
-    drop = nn.Dropout(0.5)
-    x = torch.randn(BATCH, WIDTH, requires_grad=True)
-    # on CPU dropout is x * mask with a float mask (scaled by 1/(1-p)); CUDA saves a bool mask
-    assert saved_activation_bytes(drop, x) == UNIT
-
-
 def test_optimal_segments_minimises_the_exact_peak():
     for n in range(1, 1001):
         best = min(peak_activations(n, k) for k in range(1, n + 1))
@@ -280,12 +255,6 @@ def test_segment_sizes():
     assert sum(segment_sizes(97, 10)) == 97
 
 
-def test_peak_memory_on_cpu_raises():
-    model = mlp_chain(2, WIDTH)
-    with pytest.raises(RuntimeError, match="needs CUDA"):
-        peak_memory(model, torch.randn(BATCH, WIDTH))
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_peak_memory_falls_with_checkpointing_on_cuda():
     model = mlp_chain(32, 1024).cuda()
@@ -297,57 +266,60 @@ def test_peak_memory_falls_with_checkpointing_on_cuda():
 
 # ----------------------------------------------------------------------------- bad input
 
-
-def test_non_callable_fn():
-    x = torch.randn(3)
-    for f in (lambda: checkpoint(3, x), lambda: saved_activation_bytes("fn", x),
-              lambda: forward_calls([], None, x), lambda: peak_memory(1.5, x)):
-        with pytest.raises(TypeError, match="fn must be callable"):
-            f()
+CHAIN = mlp_chain(3, WIDTH)
+X = torch.randn(2, WIDTH)
 
 
-@pytest.mark.parametrize("segments", [0, -2])
-def test_segments_below_one(segments):
-    with pytest.raises(ValueError, match="segments must be at least 1"):
-        checkpoint_sequential(mlp_chain(3, WIDTH), segments, torch.randn(2, WIDTH))
-
-
-def test_more_segments_than_layers():
-    with pytest.raises(ValueError, match=r"segments must be at most the number of layers \(3\)"):
-        checkpoint_sequential(mlp_chain(3, WIDTH), 4, torch.randn(2, WIDTH))
-
-
-def test_segments_not_an_int():
-    with pytest.raises(TypeError, match="segments must be an int"):
-        checkpoint_sequential(mlp_chain(3, WIDTH), 2.0, torch.randn(2, WIDTH))
-
-
-def test_bad_layers():
-    x = torch.randn(2, WIDTH)
-    with pytest.raises(TypeError, match="layers must be an nn.Sequential or a list"):
-        checkpoint_sequential(nn.Linear(WIDTH, WIDTH), 1, x)
-    with pytest.raises(ValueError, match="at least one layer"):
-        checkpoint_sequential([], 1, x)
-    with pytest.raises(TypeError, match=r"layers\[1\] must be callable"):
-        checkpoint_sequential([nn.ReLU(), "relu"], 1, x)
-
-
-def test_preserve_rng_state_not_a_bool():
-    with pytest.raises(TypeError, match="preserve_rng_state must be a bool"):
-        checkpoint(torch.exp, torch.randn(3), preserve_rng_state="yes")
-
-
-def test_optimal_segments_bad_n():
-    with pytest.raises(ValueError, match="n must be at least 1"):
-        optimal_segments(0)
-    with pytest.raises(TypeError, match="n must be an int"):
-        optimal_segments(math.pi)
-
-
-def test_forward_calls_needs_modules():
-    with pytest.raises(TypeError, match=r"modules\[0\] must be an nn.Module"):
-        forward_calls([torch.exp], torch.exp, torch.randn(3))
-    layer = nn.ReLU()
-    with pytest.raises(TypeError, match=r"modules\[1\] must be an nn.Module"):
-        forward_calls([layer, "relu"], layer, torch.randn(3))
-    assert not layer._forward_hooks  # nothing left registered
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        # wrong type
+        (lambda: checkpoint(3, X), TypeError, "fn must be callable"),
+        (lambda: checkpoint(torch.exp, X, preserve_rng_state="yes"), TypeError,
+         "preserve_rng_state must be a bool"),
+        (lambda: checkpoint_sequential(CHAIN, 1, X, preserve_rng_state="no"), TypeError,
+         "preserve_rng_state must be a bool"),
+        (lambda: checkpoint_recursive(CHAIN, X, preserve_rng_state=1), TypeError,
+         "preserve_rng_state must be a bool"),
+        (lambda: checkpoint_sequential(nn.Linear(WIDTH, WIDTH), 1, X), TypeError,
+         "layers must be an nn.Sequential or a list"),
+        (lambda: checkpoint_recursive("layers", X), TypeError, "layers must be an nn.Sequential"),
+        (lambda: checkpoint_sequential([nn.ReLU(), "relu"], 1, X), TypeError,
+         r"layers\[1\] must be callable"),
+        (lambda: checkpoint_sequential(CHAIN, 2, [1.0] * WIDTH), TypeError,
+         "x must be a torch.Tensor"),
+        (lambda: checkpoint_recursive(CHAIN, X.numpy()), TypeError, "x must be a torch.Tensor"),
+        # empty
+        (lambda: checkpoint_sequential([], 1, X), ValueError, "at least one layer"),
+        (lambda: checkpoint_recursive(nn.Sequential(), X), ValueError, "at least one layer"),
+        # zero, negative, float and string sizes, named as the caller named them
+        (lambda: checkpoint_sequential(CHAIN, 0, X), ValueError, "segments must be at least 1"),
+        (lambda: checkpoint_sequential(CHAIN, -2, X), ValueError, "segments must be at least 1"),
+        (lambda: checkpoint_sequential(CHAIN, 2.0, X), TypeError, "segments must be an int"),
+        (lambda: checkpoint_sequential(CHAIN, "2", X), TypeError, "segments must be an int"),
+        (lambda: checkpoint_sequential(CHAIN, 4, X), ValueError,
+         r"segments must be at most the number of layers \(3\)"),
+        (lambda: segment_sizes(10, 0), ValueError, "k must be at least 1"),
+        (lambda: segment_sizes(10, 11), ValueError, "k must be at most the number of layers"),
+        (lambda: peak_activations(10, 2.5), TypeError, "k must be an int"),
+        (lambda: forward_count(4, -1), ValueError, "k must be at least 1"),
+        (lambda: forward_count("4", 1), TypeError, "n must be an int"),
+        (lambda: segment_schedule(0, 1), ValueError, "n must be at least 1"),
+        (lambda: recursive_schedule(3.0), TypeError, "n must be an int"),
+        (lambda: optimal_segments(0), ValueError, "n must be at least 1"),
+        (lambda: optimal_segments(math.pi), TypeError, "n must be an int"),
+        (lambda: optimal_segments(True), TypeError, "n must be an int"),
+        (lambda: mlp_chain(0, 8), ValueError, "n must be at least 1"),
+        (lambda: mlp_chain(2, -8), ValueError, "width must be at least 1"),
+        (lambda: mlp_chain(2, 8, p_drop="0.1"), TypeError, "p_drop must be a real number"),
+        (lambda: mlp_chain(2, 8, p_drop=1.0), ValueError, r"p_drop must be in \[0, 1\)"),
+        (lambda: mlp_chain(2, 8, p_drop=-0.1), ValueError, "p_drop must be at least 0"),
+        (lambda: mlp_chain(2, 8, seed=1.5), TypeError, "seed must be an int"),
+        # NaN and inf
+        (lambda: mlp_chain(2, 8, p_drop=math.nan), ValueError, "p_drop must be finite"),
+        (lambda: mlp_chain(2, 8, p_drop=math.inf), ValueError, "p_drop must be finite"),
+    ],
+)
+def test_bad_input_is_named(call, error, words):
+    with pytest.raises(error, match=words):
+        call()

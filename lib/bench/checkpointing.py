@@ -15,18 +15,16 @@ from . import gpu_time_ms
 def bench_checkpointing(args) -> None:
     """Saved-activation bytes and forward calls of a 64-layer MLP for k = 1..64 segments
     against the model, and the wall-time overhead of recomputation (CPU or CUDA)."""
-    from ...backend import default_device
+    from ..backend import default_device
     from ..checkpointing import (
         checkpoint_sequential,
-        forward_calls,
         forward_count,
         mlp_chain,
         optimal_segments,
         peak_activations,
-        peak_memory,
-        saved_activation_bytes,
         segment_sizes,
     )
+    from ..memory import forward_calls, peak_memory, saved_activation_bytes
 
     n, device = 64, default_device()
     if not CUDA:  # one thread: idle OpenMP threads spinning on a shared CPU swamp the timings
