@@ -10,20 +10,28 @@ JOBS   ?= 2
 # oversubscribing the cores (small tensors gain nothing from more threads)
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: book test install execute refresh bench-compile lint clean
+.PHONY: book test test-lib install install-book execute refresh bench-compile lint clean
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# The venv with torch, pinned, installed first (once; an existing venv is kept).
+$(VENV)/.torch:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+# lib with one extra of pyproject.toml: .installed-book (execute and render the book) or
+# .installed-dev (the tests; includes the book's tools, which nbval needs). Reinstalled
+# when pyproject.toml changes.
+$(VENV)/.installed-%: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install --quiet -e ".[$*]"
+	touch $@
+
+install: $(VENV)/.installed-dev
+install-book: $(VENV)/.installed-book
 
 # Execute a copy of every chapter (quick scale on CPU, full on CUDA), then render the
 # HTML from the executed copies. The committed notebooks are not modified.
-book: install
+book: install-book
 	rm -rf _build/src && mkdir -p _build/src
 	cp -r _config.yml _toc.yml book chapters _build/src/
 	ls _build/src/chapters/*.ipynb | xargs -P $(JOBS) -n 1 \
@@ -35,6 +43,11 @@ book: install
 test: install
 	$(PY) -m pytest -n $(JOBS) --dist loadfile tests chapters \
 		--nbval-lax --nbval-current-env -p no:cacheprovider
+
+# The lib tests only (no notebooks, no book build, no browser): the contributors' loop.
+test-lib: install
+	$(PY) -m pytest -n $(JOBS) --dist loadfile tests --ignore=tests/test_book.py \
+		-p no:cacheprovider
 
 # Re-execute the committed notebooks in place, in quick mode, to refresh stored outputs.
 refresh: install
