@@ -98,7 +98,8 @@ register_corpus(
 )
 register_corpus(
     "lee-test",
-    lambda: package_text("gensim", "test/test_data/lee.cor"),
+    # one byte of this file is Latin-1 (a pound sign), so it is not valid UTF-8
+    lambda: package_text("gensim", "test/test_data/lee.cor", encoding="latin-1"),
     "Lee corpus: 50 short news articles, one per line (gensim test data)",
     requires="gensim",
 )
