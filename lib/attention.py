@@ -394,12 +394,14 @@ def _store(ptrs, x, mask):
 
 @triton.jit
 def _first_masked_key(start_m, N_Q, N_K, N_M, BLOCK_N: tl.constexpr,
-                      CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, KEY_PADDING: tl.constexpr):
+                      CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
     """Start of the first key block in which some query of [start_m, start_m + BLOCK_M)
-    must be masked; every key block before it is visible to all of them (no masking)."""
-    n_full = N_K
-    if KEY_PADDING:  # keys beyond Nk must not enter the softmax
-        n_full = N_K // BLOCK_N * BLOCK_N
+    must be masked; every key block before it is visible to all of them (no masking).
+
+    The partial last key block is always masked: its padding keys load k = v = 0, so
+    their p = exp(-L) overflows when L is very negative, and dS K would then add
+    inf * 0 = NaN to dQ (the forward and the dQ kernel both use this rule)."""
+    n_full = N_K // BLOCK_N * BLOCK_N  # keys beyond Nk must not enter the softmax
     if CAUSAL:  # the block's first query sees keys j <= start_m + Nk - Nq
         n_full = tl.minimum(n_full, tl.maximum(start_m + 1 + N_K - N_Q, 0) // BLOCK_N * BLOCK_N)
     if HAS_MASK:  # the explicit mask covers the last N_M keys
@@ -475,7 +477,7 @@ def _attn_fwd_kernel(
     hi = N_K
     if CAUSAL:  # keys beyond the diagonal of the block's last query are never visited
         hi = tl.minimum(N_K, tl.maximum(start_m + BLOCK_M + N_K - N_Q, 0))
-    n_full = _first_masked_key(start_m, N_Q, N_K, N_M, BLOCK_N, CAUSAL, HAS_MASK, True)
+    n_full = _first_masked_key(start_m, N_Q, N_K, N_M, BLOCK_N, CAUSAL, HAS_MASK)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,
         0, n_full, mask_row_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
@@ -535,7 +537,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, stri
             lse = tl.where(lse == -float("inf"), 0.0, lse)  # rows that see no key at all
             ok = _allowed(rows[None, :], offs_n[:, None], mask_row_ptr, stride_mq, N_Q, N_K,
                           N_M, CAUSAL, HAS_MASK)
-            pT = tl.where(ok, tl.math.exp2(qkT - lse[None, :]), 0.0)
+            pT = tl.math.exp2(tl.where(ok, qkT - lse[None, :], -float("inf")))
         else:
             pT = tl.math.exp2(qkT - lse[None, :])
         if BLOCK_DO == BLOCK_D:
@@ -568,7 +570,7 @@ def _attn_bwd_dkdv_kernel(
 
     P^T is recomputed tile by tile from the saved L (eq. 10), transposed so that the
     accumulators dK_j, dV_j (BLOCK_N x d) stay on chip. Padding keys (k = v = 0) give
-    rows of dK, dV that are never stored, so only causal and mask need masking here.
+    rows of dK, dV that are never stored; the program that holds them masks every tile.
     A program writes BLOCK_DO of the head dim's columns (all of them up to d = 128; a part
     for d = 256, where the accumulators next to K_j and V_j would not fit in registers).
     """
@@ -598,9 +600,13 @@ def _attn_bwd_dkdv_kernel(
         lo = tl.maximum(0, start_n - (N_K - N_Q)) // BLOCK_M * BLOCK_M
         m_full = tl.maximum(0, start_n + BLOCK_N - 1 - (N_K - N_Q))
         m_full = tl.minimum((m_full + BLOCK_M - 1) // BLOCK_M * BLOCK_M, N_Q)
+    # the key block that holds padding keys (k = v = 0, p = exp(-L) may overflow) or meets
+    # the explicit mask is masked in every tile: no inf enters its dK, dV accumulators
+    first_masked_col = N_K
     if HAS_MASK:
-        if start_n + BLOCK_N > N_K - N_M:  # this key block meets the mask: mask every tile
-            m_full = N_Q
+        first_masked_col = N_K - N_M
+    if start_n + BLOCK_N > first_masked_col:
+        m_full = N_Q
     m_full = tl.maximum(m_full, lo)
     dk, dv = _attn_bwd_dkdv_inner(
         dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qn, stride_don, offs_m,
@@ -634,7 +640,7 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_
         if MASKED:
             ok = _allowed(offs_m[:, None], cols[None, :], mask_row_ptr, stride_mq, N_Q, N_K,
                           N_M, CAUSAL, HAS_MASK)
-            p = tl.where(ok, tl.math.exp2(qk - lse[:, None]), 0.0)
+            p = tl.math.exp2(tl.where(ok, qk - lse[:, None], -float("inf")))
         else:
             p = tl.math.exp2(qk - lse[:, None])
         dp = _dot(do, tl.trans(v), None, PRECISION)
@@ -685,7 +691,7 @@ def _attn_bwd_dq_kernel(
     hi = N_K
     if CAUSAL:
         hi = tl.minimum(N_K, tl.maximum(start_m + BLOCK_M + N_K - N_Q, 0))
-    n_full = _first_masked_key(start_m, N_Q, N_K, N_M, BLOCK_N, CAUSAL, HAS_MASK, False)
+    n_full = _first_masked_key(start_m, N_Q, N_K, N_M, BLOCK_N, CAUSAL, HAS_MASK)
     n_full = tl.minimum(n_full, hi)
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d,

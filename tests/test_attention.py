@@ -176,6 +176,81 @@ def test_scores_near_1e4_stay_finite(dtype):
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
+# --------------------------------------------- very negative log-sum-exp (issue 7, part 1)
+
+# Rounding of one value to each dtype: one ulp (Triton's interpreter truncates fp32 to
+# bf16, triton/runtime/interpreter.py _convert_float), and half the subnormal spacing.
+ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float32: 2.0**-23}
+ETA = {torch.float16: 2.0**-25, torch.bfloat16: 2.0**-134, torch.float32: 2.0**-150}
+
+
+def backward_error_bound(q, k, v, do, causal, mask, scale):
+    """First-order elementwise bound on |kernel gradient - exact gradient| (eqs. 8-10).
+
+    The kernels round P and dS to the input dtype before their dots (one ulp each) and
+    O before D = rowsum(dO o O) is formed; S and L are recomputed in fp32 (relative error
+    d 2^-24 of |Q||K|^T each), and fp32 sums of n terms add n 2^-24 of the sum of
+    magnitudes. Both the kernel's and the reference's gradients are rounded to the dtype.
+    Returns the bounds for dQ, dK, dV (float64, the shapes of q, k, v).
+    """
+    qf, kf, vf, dof = (t.detach().double() for t in (q, k, v, do))
+    n_q, n_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    u, eta, g = ULP[q.dtype], ETA[q.dtype], 2.0**-24
+    allowed = allowed_keys(n_q, n_k, causal, mask)
+    allowed = allowed[:, None] if allowed.dim() == 3 else allowed
+    s = (scale * qf @ kf.transpose(-2, -1)).masked_fill(~allowed, -math.inf)
+    p = torch.softmax(s, -1).nan_to_num(0.0)  # rows that see no key: P = 0
+    dp = dof @ vf.transpose(-2, -1)
+    delta = (p * dp).sum(-1, keepdim=True)
+    ds = p * (dp - delta)
+    err_s = d * g * scale * (qf.abs() @ kf.abs().transpose(-2, -1))
+    err_p = p * (2 * err_s + u + n_k * g) + eta  # S and L recomputed, P rounded
+    err_delta = (u + d * g) * (dof.abs() * (p @ vf).abs()).sum(-1, keepdim=True)
+    err_ds = u * ds.abs() + err_p * (dp - delta).abs() + p * err_delta + eta
+    bound_q = scale * (err_ds + n_k * g * ds.abs()) @ kf.abs()
+    bound_k = scale * (err_ds + n_q * g * ds.abs()).transpose(-2, -1) @ qf.abs()
+    bound_v = (err_p + n_q * g * p).transpose(-2, -1) @ dof.abs()
+    return bound_q, bound_k, bound_v
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_very_negative_lse_gives_finite_gradients(dtype, causal, masked):
+    """Every score of a row very negative, Nq and Nk not multiples of any block size.
+
+    The padding keys of the last key tile load k = v = 0, so their p = exp(-L) overflows
+    the dtype (L < -11 in fp16, < -88 in fp32); if that tile ran unmasked, dS K added
+    inf * 0 = NaN to dQ. Gradients must be finite and within the rounding bound of
+    :func:`backward_error_bound` of the exact ones (twice it: the bound is first order).
+    """
+    b, h, n_q, n_k, d = 1, 2, 37, 101, 16
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(b, h, n, d, generator=gen) for n in (n_q, n_k, n_k, n_q))
+    shift = 12.0 if dtype == torch.float16 else 25.0  # scores near -shift^2 / sqrt(d)
+    q[..., 0] -= shift
+    k[..., 0] += shift
+    mask = torch.rand(n_q, 20, generator=gen) > 0.3 if masked else None
+    q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, v))
+    do = do.to(dtype)
+    out, lse = flash_attention(q, k, v, causal=causal, mask=mask, backend="triton",
+                               return_lse=True)
+    ref, ref_lse = attention_reference(q, k, v, causal=causal, mask=mask, return_lse=True)
+    seen = ref_lse.isfinite()
+    overflow = {torch.float16: -11.1, torch.bfloat16: -88.8, torch.float32: -88.8}[dtype]
+    assert ref_lse[seen].max() < overflow  # exp(-L) overflows the dtype: the hard case
+    close(lse[seen], ref_lse[seen], 1e-4)
+    close(out, ref, OUT_ATOL[dtype])
+    got = grads(out, (q, k, v), do)
+    bounds = backward_error_bound(q, k, v, do, causal, mask, 1 / math.sqrt(d))
+    for name, g, g_ref, bound in zip("qkv", got, grads(ref, (q, k, v), do), bounds,
+                                     strict=True):
+        assert torch.isfinite(g).all(), f"d{name} is not finite"
+        bound = 2 * bound + 2 * ULP[dtype] * g_ref.double().abs() + 2 * ETA[dtype]
+        excess = ((g.double() - g_ref.double()).abs() / bound).max()
+        assert excess <= 1, f"d{name}: error {excess:.2f} times the rounding bound"
+
+
 def test_noncontiguous_inputs():
     """(B, N, H, d) tensors viewed as (B, H, N, d), as a transformer produces them."""
     g = torch.Generator().manual_seed(0)
