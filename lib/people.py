@@ -1,0 +1,609 @@
+"""Synthetic people: 2-D stick figures with COCO's 17 keypoints, and COCO's OKS and OKS AP.
+
+Chapters 12 (RLE pose regression) and 13 (associative embedding) train on these images.
+
+* :func:`render_people`: ``n`` RGB images of ``size`` x ``size`` pixels, each with one to
+  ``people`` stick figures (random pose, scale, position, limb thickness; optional
+  occluding rectangles), and their ground truth: joints, COCO visibility flags,
+  identities (the person slot of each joint, and a per-pixel id map), areas and boxes.
+  Deterministic given ``seed``; batched (a few thousand 64 x 64 images per second).
+* :func:`oks`: COCO's object keypoint similarity, as ``cocoeval.computeOks`` defines it.
+* :func:`oks_ap`: COCO's keypoint AP averaged over the OKS thresholds 0.50:0.05:0.95,
+  with cocoeval's greedy matching by score and its 101-point interpolated precision.
+* :func:`pck` and :func:`mean_joint_error`: the two simpler pose metrics.
+* :func:`plot_people`: an image with its skeletons drawn on a matplotlib axis.
+
+Why COCO's 17 keypoints rather than a simpler body: OKS weighs each keypoint's error by a
+per-keypoint constant that COCO measured from repeated human annotations (its
+``kpt_oks_sigmas``). With COCO's own keypoints these constants apply as they are, so our
+AP is computed exactly as COCO computes it; a simpler body would need sigmas we invented.
+
+Conventions. Coordinates are (x, y) in pixels with the centre of pixel (row i, column j)
+at (j, i): an image spans [-0.5, size - 0.5] on both axes. Visibility follows COCO: 0 = not
+labelled (outside the image), 1 = labelled but hidden (under an occluder or a person drawn
+later), 2 = labelled and visible. A figure faces the camera, so the person's left side is
+on the image's right; left limbs are drawn orange, right limbs blue, the trunk and head
+green (colour makes left and right tellable apart, as shading and context do in photos).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from .validate import check_int, check_real, check_tensor
+
+COCO_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)
+# COCO's person skeleton (the "skeleton" of its keypoint annotations, made 0-based).
+COCO_SKELETON = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+    (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)
+# cocoeval.Params.setKpParams: kpt_oks_sigmas = [.26, .25, ...] / 10.
+COCO_SIGMAS = torch.tensor(
+    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07,
+     0.87, 0.87, 0.89, 0.89]) / 10.0
+# cocoeval: iouThrs = linspace(.5, .95, 10); recThrs = linspace(0, 1, 101); maxDets = [20]
+COCO_OKS_THRESHOLDS = torch.linspace(0.5, 0.95, 10, dtype=torch.float64)
+COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+K = len(COCO_KEYPOINTS)
+
+_LEFT, _RIGHT, _TRUNK = (0.95, 0.55, 0.10), (0.15, 0.45, 0.95), (0.30, 0.85, 0.30)
+# Segments drawn for a figure (joint pairs) and their colours. The face edges of
+# COCO_SKELETON are replaced by a head disk with dots for the eyes and ears.
+_LIMBS = (
+    ((5, 11), _LEFT), ((6, 12), _RIGHT), ((5, 6), _TRUNK), ((11, 12), _TRUNK),
+    ((11, 13), _LEFT), ((13, 15), _LEFT), ((12, 14), _RIGHT), ((14, 16), _RIGHT),
+    ((5, 7), _LEFT), ((7, 9), _LEFT), ((6, 8), _RIGHT), ((8, 10), _RIGHT),
+)
+# Body proportions, as fractions of the body height (ankle to the top of the head).
+_TORSO, _NECK, _HEAD_R = 0.30, 0.11, 0.085
+_SHOULDER, _HIP = 0.11, 0.07
+_UPPER_ARM, _FOREARM, _THIGH, _SHIN = 0.17, 0.15, 0.23, 0.21
+
+
+@dataclass
+class People:
+    """A batch of rendered images and their ground truth (B images, P person slots).
+
+    images (B, 3, H, W) float in [0, 1]; joints (B, P, K, 2) pixel coordinates (x, y);
+    visibility (B, P, K) int64 in {0, 1, 2} (COCO's flags); present (B, P) bool, False
+    for the empty slots of images with fewer than P people; area (B, P) the number of
+    pixels the figure covers (COCO's "area", which scales OKS); boxes (B, P, 4) the
+    figure's box (x, y, w, h); id_map (B, H, W) int64, the slot of the person seen at
+    each pixel, -1 for background and occluders. A joint's identity is its slot p.
+    """
+
+    images: torch.Tensor
+    joints: torch.Tensor
+    visibility: torch.Tensor
+    present: torch.Tensor
+    area: torch.Tensor
+    boxes: torch.Tensor
+    id_map: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device) -> People:
+        """The same batch on ``device``."""
+        return People(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def __getitem__(self, index) -> People:
+        """Select images (an int, a slice or an index tensor), keeping every field's rank."""
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        return People(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+# ------------------------------------------------------------------------------ poses
+
+
+def _uniform(gen: torch.Generator, shape, low: float, high: float) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=gen, dtype=torch.float64)
+
+
+def _random_poses(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joints (n, K, 2) of figures of height 1 with the pelvis at the origin, y down,
+    and the centre of each head (n, 2)."""
+    lean = _uniform(gen, n, -0.25, 0.25)  # trunk angle from vertical
+    up = torch.stack([torch.sin(lean), -torch.cos(lean)], -1)  # (n, 2), y points down
+    side = torch.stack([torch.cos(lean), torch.sin(lean)], -1)  # towards the person's left
+
+    def turn(u, v, angle):  # direction at `angle` from u towards v
+        return torch.cos(angle)[:, None] * u + torch.sin(angle)[:, None] * v
+
+    j = torch.zeros(n, K, 2, dtype=torch.float64)
+    neck = _TORSO * up
+    j[:, 11], j[:, 12] = _HIP * side, -_HIP * side
+    j[:, 5], j[:, 6] = neck + _SHOULDER * side, neck - _SHOULDER * side
+    for s, (sh, el, wr) in ((1.0, (5, 7, 9)), (-1.0, (6, 8, 10))):
+        raise_ = _uniform(gen, n, -0.2, 2.6)  # upper arm: 0 hangs down, pi/2 horizontal
+        bend = raise_ + _uniform(gen, n, -0.6, 1.8)  # elbow flexion
+        j[:, el] = j[:, sh] + _UPPER_ARM * turn(-up, s * side, raise_)
+        j[:, wr] = j[:, el] + _FOREARM * turn(-up, s * side, bend)
+    for s, (hp, kn, an) in ((1.0, (11, 13, 15)), (-1.0, (12, 14, 16))):
+        spread = _uniform(gen, n, -0.15, 0.55) - lean * s  # legs roughly vertical
+        knee = spread + _uniform(gen, n, -0.35, 0.35)
+        j[:, kn] = j[:, hp] + _THIGH * turn(-up, s * side, spread)
+        j[:, an] = j[:, kn] + _SHIN * turn(-up, s * side, knee)
+    tilt = lean + _uniform(gen, n, -0.3, 0.3)
+    head_up = torch.stack([torch.sin(tilt), -torch.cos(tilt)], -1)
+    head_side = torch.stack([torch.cos(tilt), torch.sin(tilt)], -1)
+    head = neck + (_NECK + _HEAD_R) * head_up
+    j[:, 0] = head - 0.15 * _HEAD_R * head_up  # nose: just below the centre
+    j[:, 1] = head + 0.25 * _HEAD_R * head_up + 0.42 * _HEAD_R * head_side  # left eye
+    j[:, 2] = head + 0.25 * _HEAD_R * head_up - 0.42 * _HEAD_R * head_side
+    j[:, 3] = head + 0.05 * _HEAD_R * head_up + 0.95 * _HEAD_R * head_side  # left ear
+    j[:, 4] = head + 0.05 * _HEAD_R * head_up - 0.95 * _HEAD_R * head_side
+    return j, head
+
+
+# ------------------------------------------------------------------------------ drawing
+
+
+def _segment_alpha(grid, a, b, width):
+    """Coverage (m, H, W) of segments a -> b (m, 2) of the given widths (m,), anti-aliased."""
+    ab = b - a
+    pa = grid[None] - a[:, None, None]  # (m, H, W, 2)
+    t = ((pa * ab[:, None, None]).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-9)[:, None, None])
+    d = (pa - t.clamp(0, 1)[..., None] * ab[:, None, None]).norm(dim=-1)
+    return (width[:, None, None] / 2 + 0.5 - d).clamp(0, 1)
+
+
+def _disk_alpha(grid, centre, radius):
+    d = (grid[None] - centre[:, None, None]).norm(dim=-1)
+    return (radius[:, None, None] + 0.5 - d).clamp(0, 1)
+
+
+def _paint(canvas, alpha, colour):
+    """Painter's algorithm: canvas (m, 3, H, W) <- colour over canvas with coverage alpha."""
+    a = alpha[:, None]
+    return canvas * (1 - a) + colour[:, :, None, None] * a
+
+
+def _render_chunk(n, size, people, scale, thickness, occluders, gen, device):
+    P_max = people[1]
+    H = W = size
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32),
+                            torch.arange(W, dtype=torch.float32), indexing="ij")
+    grid = torch.stack([xs, ys], -1).to(device)  # (H, W, 2): pixel centres
+
+    # background: a smooth colour gradient plus pixel noise
+    corner = _uniform(gen, (n, 3, 2, 2), 0.0, 0.45).float()
+    canvas = torch.nn.functional.interpolate(corner, size=(H, W), mode="bilinear",
+                                             align_corners=True).to(device)
+    canvas = canvas + 0.03 * torch.randn(n, 3, H, W, generator=gen).to(device)
+
+    count = torch.randint(people[0], people[1] + 1, (n,), generator=gen)
+    present = torch.arange(P_max)[None] < count[:, None]  # (n, P)
+    joints = torch.zeros(n, P_max, K, 2)
+    owner = torch.full((n, H, W), -1, dtype=torch.long, device=device)
+    cover = torch.zeros(n, P_max, H, W, device=device)  # each figure's own coverage
+    hidden_by_later = torch.zeros(n, P_max, K, dtype=torch.bool)
+    order = torch.argsort(torch.rand(n, P_max, generator=gen), dim=1)  # left-to-right slots
+    for p in range(P_max):
+        pose, head = _random_poses(n, gen)
+        height = _uniform(gen, n, *scale) * size
+        # place: the figure's box centred in its horizontal slot (jittered), fully inside
+        # vertically when it fits; multi-person images put the slots side by side
+        lo, hi = pose.min(1).values, pose.max(1).values  # (n, 2) of a height-1 figure
+        lo = torch.minimum(lo, head - _HEAD_R)
+        hi = torch.maximum(hi, head + _HEAD_R)
+        slots = count.double()
+        slot = order[:, p].double().clamp(max=slots - 1)
+        cx = (slot + 0.5 + _uniform(gen, n, -0.25, 0.25)) / slots * size
+        cy = size / 2 + _uniform(gen, n, -0.5, 0.5) * (size - (hi - lo)[:, 1] * height).abs()
+        offset = torch.stack([cx, cy], -1) - (lo + hi) / 2 * height[:, None] - 0.5
+        xy = pose * height[:, None, None] + offset[:, None]
+        head_xy = head * height[:, None] + offset
+        joints[:, p] = xy.float()
+        on = present[:, p].to(device)
+
+        width = (_uniform(gen, n, *thickness) * height).float().to(device)
+        shade = _uniform(gen, (n, 1), 0.8, 1.15).float().to(device)
+        xy_d, head_d, h_d = xy.float().to(device), head_xy.float().to(device), height.float()
+        own = torch.zeros(n, H, W, device=device)
+        strokes = [(_segment_alpha(grid, xy_d[:, a], xy_d[:, b], width), c)
+                   for (a, b), c in _LIMBS]
+        neck_base = (xy_d[:, 5] + xy_d[:, 6]) / 2
+        strokes.append((_segment_alpha(grid, neck_base, head_d, width), _TRUNK))
+        strokes.append((_disk_alpha(grid, head_d, (_HEAD_R * h_d).to(device)), _TRUNK))
+        dot = (0.022 * h_d).clamp(min=0.6).to(device)
+        for k, colour in ((1, _LEFT), (2, _RIGHT), (3, _LEFT), (4, _RIGHT)):
+            strokes.append((_disk_alpha(grid, xy_d[:, k], dot), colour))
+        for alpha, colour in strokes:
+            alpha = alpha * on[:, None, None]
+            col = (torch.tensor(colour, device=device)[None] * shade).clamp(0, 1)
+            canvas = _paint(canvas, alpha, col)
+            own = torch.maximum(own, alpha)
+        cover[:, p] = own
+        # joints of earlier people under this figure are hidden
+        hidden_by_later[:, :p] |= _sample(own, joints[:, :p].to(device)).cpu() > 0.5
+        owner = torch.where(own > 0.5, torch.full_like(owner, p), owner)
+
+    occluded = torch.zeros(n, P_max, K, dtype=torch.bool)
+    n_occ = torch.poisson(torch.full((n,), float(occluders)), generator=gen).long().clamp(max=3)
+    for r in range(int(n_occ.max()) if n else 0):
+        on = (n_occ > r).float().to(device)
+        wh = _uniform(gen, (n, 2), 0.15, 0.35) * size
+        x0y0 = _uniform(gen, (n, 2), 0, 1) * (size - wh)
+        inside = ((grid[None] >= x0y0.float().to(device)[:, None, None] - 0.5)
+                  & (grid[None] <= (x0y0 + wh).float().to(device)[:, None, None] - 0.5))
+        alpha = inside.all(-1).float() * on[:, None, None]
+        colour = _uniform(gen, (n, 3), 0.15, 0.6).float().to(device)
+        canvas = _paint(canvas, alpha, colour)
+        owner = torch.where(alpha > 0.5, torch.full_like(owner, -1), owner)
+        occluded |= _sample(alpha, joints.to(device)).cpu() > 0.5
+
+    inside = ((joints >= -0.5) & (joints <= size - 0.5)).all(-1)
+    visibility = torch.where(occluded | hidden_by_later, 1, 2) * inside * present[..., None]
+    joints = joints * present[..., None, None]
+    area = cover.sum((-2, -1)).cpu()
+    boxes = _boxes(cover > 0.5).cpu()
+    return People(canvas.clamp(0, 1), joints.to(device), visibility.long().to(device),
+                  present.to(device), area.to(device), boxes.to(device), owner)
+
+
+def _sample(maps, points):
+    """maps (n, H, W), points (n, P, K, 2) -> the map at the nearest pixel (n, P, K)."""
+    n, H, W = maps.shape
+    ij = points.round().long()
+    x, y = ij[..., 0].clamp(0, W - 1), ij[..., 1].clamp(0, H - 1)
+    inside = (ij[..., 0] == x) & (ij[..., 1] == y)
+    return maps[torch.arange(n, device=maps.device)[:, None, None], y, x] * inside
+
+
+def _boxes(mask):
+    """mask (n, P, H, W) bool -> boxes (n, P, 4) (x, y, w, h) of the pixels set, 0 if none."""
+    n, P, H, W = mask.shape
+    cols, rows = mask.any(-2), mask.any(-1)  # (n, P, W), (n, P, H)
+    ar_w = torch.arange(W, device=mask.device).float()
+    ar_h = torch.arange(H, device=mask.device).float()
+    x0 = torch.where(cols, ar_w, float(W)).amin(-1)
+    x1 = torch.where(cols, ar_w, -1.0).amax(-1)
+    y0 = torch.where(rows, ar_h, float(H)).amin(-1)
+    y1 = torch.where(rows, ar_h, -1.0).amax(-1)
+    box = torch.stack([x0 - 0.5, y0 - 0.5, x1 - x0 + 1, y1 - y0 + 1], -1)
+    return box * mask.flatten(-2).any(-1)[..., None]
+
+
+def _check_range(value, name, low, high, integer=False):
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise TypeError(f"{name} must be a (low, high) tuple, got {type(value).__name__}")
+    check = (lambda v, nm: check_int(v, nm, minimum=low, maximum=high)) if integer else (
+        lambda v, nm: check_real(v, nm, minimum=low, maximum=high))
+    lo, hi = check(value[0], f"{name}[0]"), check(value[1], f"{name}[1]")
+    if lo > hi:
+        raise ValueError(f"{name} must have low <= high, got {value}")
+    return value
+
+
+def render_people(
+    n: int,
+    *,
+    size: int = 64,
+    people: int | tuple[int, int] = 1,
+    scale: tuple[float, float] = (0.6, 0.85),
+    thickness: tuple[float, float] = (0.05, 0.085),
+    occluders: float = 0.0,
+    seed: int | torch.Generator = 0,
+    device: torch.device | str | None = None,
+    chunk: int = 256,
+) -> People:
+    """Render ``n`` images of stick figures with COCO's 17 keypoints; see :class:`People`.
+
+    size: the images are size x size pixels (16 to 512). people: the number of figures
+    per image, or a (min, max) range drawn uniformly per image; figures stand side by side
+    in random order and may overlap (the later one hides the earlier one's joints).
+    scale: the range of body heights as fractions of ``size``. thickness: the range of
+    limb widths as fractions of the body height. occluders: the mean number (Poisson, at
+    most 3) of grey rectangles painted over each image; joints under them get visibility
+    1. seed: an int or a ``torch.Generator``: the same seed and chunk give the same
+    images on every device (the random draws happen on the CPU, chunk by chunk). chunk:
+    images rendered at once (memory is about chunk x 30 x size^2 floats).
+    """
+    check_int(n, "n", minimum=0)
+    check_int(size, "size", minimum=16, maximum=512)
+    if isinstance(people, int) and not isinstance(people, bool):
+        people = (people, people)
+    people = _check_range(people, "people", 1, 64, integer=True)
+    scale = _check_range(scale, "scale", 0.05, 1.0)
+    thickness = _check_range(thickness, "thickness", 0.005, 0.5)
+    check_real(occluders, "occluders", minimum=0.0, maximum=3.0)
+    check_int(chunk, "chunk", minimum=1)
+    if isinstance(seed, torch.Generator):
+        gen = seed
+    else:
+        gen = torch.Generator().manual_seed(check_int(seed, "seed", minimum=0))
+    device = torch.device("cpu" if device is None else device)
+    parts = [_render_chunk(min(chunk, n - s), size, people, scale, thickness, occluders,
+                           gen, device) for s in range(0, n, chunk)]
+    if not parts:
+        parts = [_render_chunk(0, size, people, scale, thickness, occluders, gen, device)]
+    return People(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
+                     for f in fields(People)})
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+def _check_joints(x, name, k=None):
+    check_tensor(x, name, min_ndim=2, dtypes=(torch.float32, torch.float64, torch.float16,
+                                               torch.bfloat16))
+    if x.shape[-1] != 2 or (k is not None and x.shape[-2] != k):
+        want = f"(..., {k if k is not None else 'K'}, 2)"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    return x
+
+
+def _check_sigmas(sigmas, k):
+    check_tensor(sigmas, "sigmas", ndim=1)
+    if sigmas.shape[0] != k or not (sigmas > 0).all():
+        raise ValueError(f"sigmas must hold {k} positive values, got shape "
+                         f"{tuple(sigmas.shape)}")
+    return sigmas
+
+
+def oks(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    visibility: torch.Tensor,
+    area: torch.Tensor,
+    sigmas: torch.Tensor = COCO_SIGMAS,
+) -> torch.Tensor:
+    """COCO's object keypoint similarity (``cocoeval.computeOks``), broadcast over batches.
+
+    OKS = mean over the labelled keypoints (visibility > 0) of
+    exp(-d_k^2 / (2 s^2 (2 sigma_k)^2)), with d_k the distance between predicted and
+    true keypoint k, s^2 = area (the object's area plus 2.2e-16, as in cocoeval) and
+    sigma_k the per-keypoint constant. pred (..., K, 2), gt (..., K, 2),
+    visibility (..., K), area (...) -> (...), shapes broadcast (e.g. pred[:, None] against
+    gt[None] gives the (D, G) matrix of cocoeval). NaN where no keypoint is labelled
+    (cocoeval then measures the distance to a box; :func:`oks_ap` drops such people).
+    """
+    _check_joints(pred, "pred")
+    _check_joints(gt, "gt", pred.shape[-2])
+    check_tensor(visibility, "visibility", min_ndim=1)
+    check_tensor(area, "area")
+    if not (torch.isfinite(area).all() and (area >= 0).all()):
+        raise ValueError("area must be finite and non-negative")
+    k = gt.shape[-2]
+    sigmas = _check_sigmas(sigmas, k).to(gt.device, torch.float64)
+    d2 = ((pred.double() - gt.double()) ** 2).sum(-1)  # (..., K)
+    e = d2 / (2 * sigmas) ** 2 / (area.double()[..., None] + np.spacing(1)) / 2
+    labelled = (visibility > 0).to(e.device)
+    return (torch.exp(-e) * labelled).sum(-1) / labelled.sum(-1)
+
+
+def greedy_match(similarity: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """cocoeval's matching: the ground truth each detection matches, at each threshold.
+
+    similarity (D, G): OKS of each detection (rows sorted by score, best first) with each
+    ground truth; thresholds (T,). Each detection in turn takes the still unmatched ground
+    truth of highest similarity that reaches the threshold (the last one among ties, as
+    cocoeval's ``>=`` comparison does). Greedy, not optimal: a high-scoring detection may
+    take the ground truth that a later one needed. Returns (T, D) int64: the index of the
+    matched ground truth, -1 for none.
+    """
+    D, G = similarity.shape
+    T = thresholds.shape[0]
+    t_eff = thresholds.double().clamp(max=1 - 1e-10)  # cocoeval: iou = min([t, 1 - 1e-10])
+    sim = similarity.double()
+    gt_taken = torch.zeros(T, G, dtype=torch.bool)
+    match = torch.full((T, D), -1, dtype=torch.long)
+    rows = torch.arange(T)
+    for d in range(D):
+        ok = ~gt_taken & (sim[d][None] >= t_eff[:, None])  # (T, G)
+        value = torch.where(ok, sim[d][None], -1.0)
+        m = G - 1 - value.flip(-1).argmax(-1)  # last index of the maximum
+        hit = ok.any(-1)
+        match[hit, d] = m[hit]
+        gt_taken[rows[hit], m[hit]] = True
+    return match
+
+
+def average_precision(scores: np.ndarray, matched: np.ndarray, n_gt: int) -> float:
+    """cocoeval.accumulate for one threshold: 101-point interpolated AP.
+
+    scores (N,) of every detection of every image, in image order; matched (N,) bool;
+    n_gt the number of ground truths. Detections are ranked by score (stable mergesort,
+    so ties keep image order), precision is made non-increasing from the right, and read
+    at recall 0, 0.01, ..., 1 (0 beyond the largest recall reached).
+    """
+    if len(scores) == 0:
+        return 0.0  # cocoeval: no detection, precision 0 at every recall point
+    order = np.argsort(-scores, kind="mergesort")
+    tp = np.cumsum(matched[order]).astype(float)
+    fp = np.cumsum(~matched[order]).astype(float)
+    recall = tp / n_gt
+    precision = tp / (fp + tp + np.spacing(1))
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    idx = np.searchsorted(recall, COCO_RECALL_POINTS, side="left")
+    q = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
+    return float(q.mean())
+
+
+@dataclass
+class OksAP:
+    """Keypoint AP as COCO reports it: ``ap`` is the mean of ``per_threshold``."""
+
+    ap: float
+    per_threshold: torch.Tensor  # (T,) AP at each OKS threshold
+    thresholds: torch.Tensor  # (T,)
+    recall: torch.Tensor  # (T,) the largest recall reached
+
+    @property
+    def ap50(self) -> float:
+        return self._at(0.5)
+
+    @property
+    def ap75(self) -> float:
+        return self._at(0.75)
+
+    def _at(self, t: float) -> float:
+        i = (self.thresholds - t).abs().argmin()
+        if abs(self.thresholds[i].item() - t) > 1e-9:
+            raise ValueError(f"no threshold {t} among {self.thresholds.tolist()}")
+        return float(self.per_threshold[i])
+
+
+def oks_ap(
+    pred: torch.Tensor,
+    scores: torch.Tensor,
+    gt: torch.Tensor,
+    visibility: torch.Tensor,
+    area: torch.Tensor,
+    *,
+    pred_valid: torch.Tensor | None = None,
+    gt_valid: torch.Tensor | None = None,
+    sigmas: torch.Tensor = COCO_SIGMAS,
+    thresholds: torch.Tensor = COCO_OKS_THRESHOLDS,
+    max_dets: int = 20,
+) -> OksAP:
+    """COCO keypoint AP over a set of images (cocoeval ``evaluate`` + ``accumulate``).
+
+    Multi-person: pred (N, D, K, 2) detections with scores (N, D); gt (N, G, K, 2) with
+    visibility (N, G, K) and area (N, G); pred_valid (N, D) and gt_valid (N, G) mark the
+    real entries of padded tensors (default: all). Single-person: pred (N, K, 2),
+    scores (N,), gt (N, K, 2), visibility (N, K), area (N,). Per image the ``max_dets``
+    best-scoring detections are matched greedily (:func:`greedy_match`) at each OKS
+    threshold; AP per threshold is :func:`average_precision`. Ground truths with no
+    labelled keypoint are dropped (cocoeval marks them "ignore": they count neither as
+    misses nor, here, as targets; cocoeval would also let a detection lying on such a
+    person be ignored instead of counting as a false positive). Area range "all" only.
+    """
+    single = pred.dim() == 3
+    if single:
+        pred, gt, visibility = pred[:, None], gt[:, None], visibility[:, None]
+        check_tensor(scores, "scores", ndim=1)
+        check_tensor(area, "area", ndim=1)
+        scores, area = scores[:, None], area[:, None]
+    check_tensor(pred, "pred", ndim=4)
+    check_tensor(gt, "gt", ndim=4)
+    check_tensor(scores, "scores", ndim=2)
+    check_tensor(visibility, "visibility", ndim=3)
+    check_tensor(area, "area", ndim=2)
+    N, D = pred.shape[:2]
+    G = gt.shape[1]
+    if scores.shape != (N, D):
+        raise ValueError(f"scores must have shape {(N, D)}, got {tuple(scores.shape)}")
+    if gt.shape[0] != N or visibility.shape != gt.shape[:3] or area.shape != (N, G):
+        raise ValueError(
+            f"gt (N, G, K, 2), visibility (N, G, K) and area (N, G) must agree with N={N}, "
+            f"got {tuple(gt.shape)}, {tuple(visibility.shape)}, {tuple(area.shape)}")
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores must be finite (no NaN or inf)")
+    check_int(max_dets, "max_dets", minimum=1)
+    check_tensor(thresholds, "thresholds", ndim=1)
+    if thresholds.numel() == 0 or not ((thresholds > 0) & (thresholds <= 1)).all():
+        raise ValueError("thresholds must hold values in (0, 1]")
+    pred_valid = torch.ones(N, D, dtype=torch.bool) if pred_valid is None else pred_valid
+    gt_valid = torch.ones(N, G, dtype=torch.bool) if gt_valid is None else gt_valid
+    for name, m, shape in (("pred_valid", pred_valid, (N, D)), ("gt_valid", gt_valid, (N, G))):
+        check_tensor(m, name, dtypes=(torch.bool,))
+        if m.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(m.shape)}")
+    similarity = oks(pred[:, :, None], gt[:, None], visibility[:, None], area[:, None],
+                     sigmas).cpu()  # (N, D, G)
+    gt_keep = (gt_valid & (visibility > 0).any(-1)).cpu()
+    thresholds = thresholds.double().cpu()
+    all_scores, all_matched, n_gt = [], [], int(gt_keep.sum())
+    if n_gt == 0:
+        raise ValueError("no ground-truth person has a labelled keypoint: AP is undefined")
+    scores, pred_valid = scores.double().cpu(), pred_valid.cpu()
+    for i in range(N):
+        dets = torch.nonzero(pred_valid[i]).flatten()
+        dets = dets[torch.sort(scores[i, dets], descending=True, stable=True).indices]
+        dets = dets[:max_dets]
+        sim = similarity[i][dets][:, gt_keep[i]]  # (D_i, G_i)
+        all_scores.append(scores[i, dets].numpy())
+        all_matched.append((greedy_match(sim, thresholds) >= 0).numpy())
+    s = np.concatenate(all_scores)
+    m = np.concatenate(all_matched, axis=1) if all_matched else np.zeros((len(thresholds), 0))
+    per_t = torch.tensor([average_precision(s, m[t].astype(bool), n_gt)
+                          for t in range(len(thresholds))])
+    recall = torch.tensor(m.sum(1) / n_gt, dtype=torch.float64)
+    return OksAP(float(per_t.mean()), per_t, thresholds, recall)
+
+
+def pck(pred: torch.Tensor, gt: torch.Tensor, visibility: torch.Tensor,
+        norm: torch.Tensor, alpha: float = 0.1) -> float:
+    """Percentage of correct keypoints: the fraction of labelled joints within alpha * norm.
+
+    pred, gt (..., K, 2); visibility (..., K) (labelled if > 0); norm (...) a length per
+    instance (e.g. the longer side of the person's box).
+    """
+    _check_joints(pred, "pred")
+    _check_joints(gt, "gt", pred.shape[-2])
+    check_real(alpha, "alpha", minimum=0, strict=True)
+    if not (norm > 0).all():
+        raise ValueError("norm must be positive")
+    labelled = visibility > 0
+    hit = (pred - gt).norm(dim=-1) <= alpha * norm[..., None]
+    return float((hit & labelled).sum() / labelled.sum())
+
+
+def mean_joint_error(pred: torch.Tensor, gt: torch.Tensor, visibility: torch.Tensor) -> float:
+    """Mean Euclidean distance (pixels) between pred and gt (..., K, 2) over labelled joints."""
+    _check_joints(pred, "pred")
+    _check_joints(gt, "gt", pred.shape[-2])
+    labelled = visibility > 0
+    return float(((pred - gt).norm(dim=-1) * labelled).sum() / labelled.sum())
+
+
+# ------------------------------------------------------------------------------ plotting
+
+
+def plot_people(ax, image: torch.Tensor, joints: torch.Tensor | None = None,
+                visibility: torch.Tensor | None = None, colors=None, size: float = 10):
+    """Show image (3, H, W) on ax with skeletons joints (P, K, 2) (COCO_SKELETON).
+
+    Visible joints are filled dots, hidden ones (visibility 1) hollow, unlabelled ones
+    (0) are not drawn. colors: one matplotlib colour per person.
+    """
+    ax.imshow(image.permute(1, 2, 0).cpu().clamp(0, 1).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if joints is None:
+        return ax
+    joints = joints.detach().cpu()
+    if joints.dim() == 2:
+        joints = joints[None]
+    vis = (torch.full(joints.shape[:2], 2) if visibility is None
+           else visibility.cpu().reshape(joints.shape[:2]))
+    colors = colors or ["white", "yellow", "magenta", "cyan", "red", "lime"]
+    for p in range(joints.shape[0]):
+        c = colors[p % len(colors)]
+        for a, b in COCO_SKELETON:
+            if vis[p, a] > 0 and vis[p, b] > 0:
+                ax.plot(*joints[p, [a, b]].T, color=c, lw=0.8, alpha=0.8)
+        for v, face in ((2, c), (1, "none")):
+            sel = vis[p] == v
+            ax.scatter(*joints[p, sel].T, s=size, facecolors=face, edgecolors=c, lw=0.8)
+    lo, hi = -0.5, image.shape[-1] - 0.5
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(image.shape[-2] - 0.5, lo)
+    return ax
+
+
+def bbox_size(boxes: torch.Tensor) -> torch.Tensor:
+    """The longer side of boxes (..., 4) (x, y, w, h): the usual PCK normaliser."""
+    return boxes[..., 2:].amax(-1)
+
+
+__all__ = [
+    "COCO_KEYPOINTS", "COCO_OKS_THRESHOLDS", "COCO_SIGMAS", "COCO_SKELETON", "OksAP",
+    "People", "average_precision", "bbox_size", "greedy_match", "mean_joint_error",
+    "oks", "oks_ap", "pck", "plot_people", "render_people",
+]
