@@ -1,12 +1,15 @@
-"""The book: a clean `jupyter-book build -W -n` on the stored outputs, then every page in a
-headless Chromium with the network cut off: no console errors, math typeset, images loaded,
-widgets drawn. Screenshots go to _build/screenshots/.
+"""The book: a clean `jupyter-book build -W -n` on the stored outputs, run with no network
+(in a network namespace of its own where `unshare -n` works, as for root in CI, and with
+every proxy variable pointing at a closed port either way), then every page in a headless
+Chromium that refuses any request outside the site: no console errors, nothing loaded from
+outside, math typeset, images loaded, widgets drawn. Screenshots go to _build/screenshots/.
 """
 
 import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,14 +26,43 @@ CHROMIUM = next(
 )
 
 
+# A port nothing listens on: any HTTP(S) request the build makes fails at once.
+CLOSED = "http://127.0.0.1:9"
+NO_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy")
+
+
+def unshare_works() -> bool:
+    """True where `unshare -n` gives a process an empty network namespace (root, Linux)."""
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+def offline(command: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``command`` and an environment in which it cannot reach any network."""
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env.update(dict.fromkeys(NO_PROXY_VARS, CLOSED))
+    return (["unshare", "-n", *command] if unshare_works() else command), env
+
+
 @pytest.fixture(scope="module")
 def build():
     jb = Path(sys.executable).with_name("jupyter-book")
-    out = subprocess.run(
-        [str(jb), "build", "--all", "-W", "-n", "--keep-going", str(ROOT)],
-        cwd=ROOT, capture_output=True, text=True,
-    )
-    return out
+    command, env = offline([str(jb), "build", "--all", "-W", "-n", "--keep-going", str(ROOT)])
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_the_build_has_no_network():
+    """The sandbox of the build: no route out (not even to a local proxy)."""
+    probe = ("import socket, urllib.request\n"
+             "for url in ('https://registry.npmjs.org/', 'https://cdn.jsdelivr.net/'):\n"
+             "    try:\n        urllib.request.urlopen(url, timeout=5)\n"
+             "    except OSError:\n        continue\n"
+             "    print('reached', url)\n")
+    command, env = offline([sys.executable, "-c", probe])
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "reached" not in out.stdout, out.stdout + out.stderr
 
 
 def test_book_builds_without_warnings(build):
@@ -46,6 +78,63 @@ def test_every_toc_file_became_a_page(build):
     files.append(toc.split("root:")[1].splitlines()[0].strip())
     missing = [f for f in files if not (HTML / f"{f}.html").exists()]
     assert not missing
+
+
+# Tags that make a browser fetch something: scripts, stylesheets, preloads, fonts, images.
+LOADS = re.compile(
+    r"<(?:script|img|iframe|source|audio|video)\b[^>]*?\ssrc=[\"']([^\"']+)"
+    r"|<link\b[^>]*?\shref=[\"']([^\"']+)"
+    r"|url\(\s*[\"']?((?:https?:)?//[^)\"']+)"
+)
+
+
+def test_no_page_loads_anything_from_outside_the_site(build):
+    """Every script, stylesheet, font and image a page or stylesheet names is in the site."""
+    outside = {}
+    files = [*HTML.rglob("*.html"), *HTML.rglob("*.css")]
+    for path in files:
+        urls = {u for match in LOADS.findall(path.read_text(errors="replace")) for u in match}
+        bad = sorted(u for u in urls if re.match(r"(?:[a-z]+:)?//", u))
+        if bad:
+            outside[path.relative_to(HTML).as_posix()] = bad
+    assert files and not outside, json.dumps(outside, indent=1)
+
+
+def test_widget_pages_load_the_vendored_javascript(build):
+    """myst-nb's widget scripts point at the copies in the site, not at CDNs."""
+    widget_pages = [p for p in HTML.rglob("*.html") if "widget-view+json" in p.read_text()]
+    assert widget_pages, "no page stores widget state: nothing to check"
+    for page in widget_pages:
+        scripts = re.findall(r"<script[^>]*\ssrc=\"([^\"]+)\"", page.read_text())
+        names = [s.split("?")[0].rsplit("_static/", 1)[-1] for s in scripts]
+        order = [n for n in names if n in ("offline-js/require.js", "widgets-setup.js",
+                                           "offline-js/embed-amd.js")]
+        assert order == ["offline-js/require.js", "widgets-setup.js", "offline-js/embed-amd.js"]
+        for name in order:
+            assert (HTML / "_static" / name).is_file()
+
+
+def test_missing_or_altered_vendored_file_stops_the_build(tmp_path):
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        import offline_widgets
+    finally:
+        sys.path.remove(str(ROOT / "book" / "_ext"))
+    from sphinx.errors import ExtensionError
+
+    vendored = ROOT / "book" / "vendor" / "offline-js"
+    assert {"require.js", "embed-amd.js"} <= set(offline_widgets.check_vendored(vendored))
+    copy = tmp_path / "offline-js"
+    shutil.copytree(vendored, copy)
+    (copy / "embed-amd.js").write_bytes((copy / "embed-amd.js").read_bytes() + b"\n")
+    with pytest.raises(ExtensionError, match="embed-amd.js does not match"):
+        offline_widgets.check_vendored(copy)
+    (copy / "require.js").unlink()
+    with pytest.raises(ExtensionError, match="require.js is missing"):
+        offline_widgets.check_vendored(copy)
+    (copy / "SHA256SUMS").unlink()
+    with pytest.raises(ExtensionError, match="SHA256SUMS is missing"):
+        offline_widgets.check_vendored(copy)
 
 
 def pages():

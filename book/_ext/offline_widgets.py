@@ -1,87 +1,70 @@
-"""Sphinx extension: serve the ipywidgets JavaScript from the built site, not from CDNs.
+"""Sphinx extension: serve the ipywidgets JavaScript from the built site, never from CDNs.
 
 myst-nb adds RequireJS and ``@jupyter-widgets/html-manager``'s ``embed-amd.js`` to
 every page that stores widget state, by default from cdnjs and jsDelivr, so the
-widgets of an offline reader stay blank. At build time this extension fetches both
-packages from the npm registry (once, into ``_build/.offline-js``, checked against
-the registry's sha512 integrity), copies them into the site and points myst-nb at
-the local copies. If they cannot be fetched, the build keeps the CDN addresses and
-says so in its log. ``widgets-setup.js`` (beside this file) points html-manager at its
+widgets of an offline reader stay blank. The repository ships both (with the icon
+fonts html-manager loads, their licences and checksums) in ``book/vendor/offline-js``;
+see the README.txt there for where they come from. This extension checks every file
+against ``SHA256SUMS``, stops the build with an error naming the file when one is
+missing or altered, adds the folder to the site (``_static/offline-js/``) and points
+myst-nb at those copies. The build makes no network request.
+
+``book/static/widgets-setup.js`` runs between the two: it points html-manager at its
 icon fonts in the site and bridges its MathJax 2 calls to the book's MathJax 3.
 
 The extension also drops duplicated script tags, which raise console errors.
 """
 
-import base64
 import hashlib
-import io
-import os
-import shutil
-import tarfile
-import urllib.request
+from pathlib import Path
 
+from sphinx.errors import ExtensionError
 from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
 
+VENDOR = Path(__file__).resolve().parents[1] / "vendor"
 FOLDER = "offline-js"  # not "_static": Jupyter Book would inject every js file in it everywhere
-PACKAGES = {
-    # tarball -> (sha512 integrity from the npm registry, files to take from it)
-    "https://registry.npmjs.org/requirejs/-/requirejs-2.3.7.tgz": (
-        "DouTG8T1WanGok6Qjg2SXuCMzszOo0eHeH9hDZ5Y4x8Je+9JB38HdTLT4/VA8OaUhBa0JPVHJ0pyBkM1z+pDsw==",
-        lambda name: name == "package/require.js",
-    ),
-    "https://registry.npmjs.org/@jupyter-widgets/html-manager/-/html-manager-1.0.6.tgz": (
-        "+Mn+Ra8wyIHrYaUpfmf9A3dsLkt/NuwzPQN8sthdxBD35VV5cOJbpmgMhNR27n/rmP3mKyEe0PWCJrtZrXTXDQ==",
-        # the AMD bundle and the icon fonts it loads relative to itself
-        lambda name: name.startswith("package/dist/")
-        and not name.endswith((".map", ".txt"))
-        and os.path.basename(name) not in {"embed.js", "106.embed.js", "330.embed.js",
-                                           "libembed-amd.js"},
-    ),
-}
+CHECKSUMS = "SHA256SUMS"
+# what myst-nb loads, in this order: the setup script needs require, embed-amd needs both
+WIDGET_JS = (f"{FOLDER}/require.js", "widgets-setup.js", f"{FOLDER}/embed-amd.js")
 
 
-def _fetch(cache: str) -> bool:
-    """Download and unpack the packages into ``cache``; True when every file is there."""
-    marker = os.path.join(cache, FOLDER, ".complete")
-    if os.path.exists(marker):
-        return True
-    target = os.path.join(cache, FOLDER)
-    os.makedirs(target, exist_ok=True)
-    for url, (integrity, wanted) in PACKAGES.items():
-        with urllib.request.urlopen(url, timeout=60) as response:
-            blob = response.read()
-        digest = base64.b64encode(hashlib.sha512(blob).digest()).decode()
-        if digest != integrity:
-            raise ValueError(f"integrity mismatch for {url}")
-        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-            for member in tar.getmembers():
-                if member.isfile() and wanted(member.name):
-                    data = tar.extractfile(member).read()
-                    with open(os.path.join(target, os.path.basename(member.name)), "wb") as f:
-                        f.write(data)
-    open(marker, "w").close()
-    return True
+def check_vendored(folder: Path) -> list[str]:
+    """The files listed in ``folder/SHA256SUMS``, each present with its checksum.
+
+    Raises ``ExtensionError`` naming what is missing or altered, and how to restore it.
+    """
+    sums = folder / CHECKSUMS
+    restore = (f"restore it from git (`git checkout -- {folder}`), or see "
+               f"{folder / 'README.txt'} for where the files come from")
+    if not sums.is_file():
+        raise ExtensionError(f"offline_widgets: {sums} is missing; {restore}")
+    listed = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            listed[name.lstrip("*")] = digest
+    for name in ("require.js", "embed-amd.js"):
+        if name not in listed:
+            raise ExtensionError(f"offline_widgets: {sums} does not list {name}; {restore}")
+    for name, digest in listed.items():
+        path = folder / name
+        if not path.is_file():
+            raise ExtensionError(
+                f"offline_widgets: {path} is missing, so the widgets would need a network; "
+                + restore
+            )
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise ExtensionError(f"offline_widgets: {path} does not match {sums}; {restore}")
+    return sorted(listed)
 
 
 def use_local_widget_js(app, config):
-    cache = os.path.join(os.path.dirname(os.path.abspath(app.outdir)), ".offline-js")
-    try:
-        _fetch(cache)
-    except Exception as error:  # no network, registry down: keep myst-nb's CDN defaults
-        logger.info(f"offline_widgets: could not fetch the widget JavaScript ({error}); "
-                    "widgets will load it from CDNs")
-        return
-    here = os.path.dirname(os.path.abspath(__file__))
-    shutil.copy(os.path.join(here, "widgets-setup.js"), os.path.join(cache, FOLDER))
-    config.html_static_path = list(config.html_static_path) + [cache]
-    config.nb_ipywidgets_js = {  # in this order: the setup script needs require, not embed
-        f"{FOLDER}/require.js": {},
-        f"{FOLDER}/widgets-setup.js": {},
-        f"{FOLDER}/embed-amd.js": {},
-    }
-    logger.info("offline_widgets: ipywidgets JavaScript served from the site")
+    files = check_vendored(VENDOR / FOLDER)
+    config.html_static_path = [*config.html_static_path, str(VENDOR)]
+    config.nb_ipywidgets_js = {path: {} for path in WIDGET_JS}
+    logger.info(f"offline_widgets: {len(files)} vendored widget files served from the site")
 
 
 def drop_duplicate_scripts(app, pagename, templatename, context, doctree):
