@@ -22,6 +22,11 @@ Tokens: :class:`Vocabulary` maps symbols (characters, or words) to ids and back;
 :func:`words` splits a text into lower-case words (chapters 4 and 5).
 :func:`train_val_split` cuts a token sequence into a training head and a validation
 tail, the same way every time.
+
+Sentences (chapters 4 and 5): :func:`sentences` splits a text into word-tokenised
+sentences, :func:`replace_unknown` maps the words a vocabulary does not know (for
+instance those below a minimum count, see :meth:`Vocabulary.from_tokens`) to ``<unk>``,
+and :func:`pad_sentence` adds the ``<s>`` and ``</s>`` markers an n-gram model needs.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import check_callable, check_tensor
+from .validate import check_callable, check_int, check_tensor
 
 # ------------------------------------------------------------------ named corpora
 
@@ -190,6 +195,90 @@ class Vocabulary:
         if bad:
             raise ValueError(f"ids must lie in [0, {n}), got {bad[0]}")
         return self.sep.join(self.itos[i] for i in ids)
+
+
+# --------------------------------------------------------------------- sentences
+
+BOS, EOS, UNK = "<s>", "</s>", "<unk>"  # sentence start, sentence end, unknown word
+
+# A candidate sentence end: . ! or ? (and closing quotes or brackets), white space, then
+# something that can open a sentence (a capital letter or a digit, maybe after a quote).
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+(?=[\"'(\[]*[A-Z0-9])")
+# Words after which a full stop does not end the sentence ("Mr. Howard", "Gen. Franks").
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr st jr sr prof gen lt col sgt capt cmdr gov sen rep rev mt no vs etc "
+    "jan feb mar apr jun jul aug sep sept oct nov dec inc corp co ltd".split())
+
+
+def _is_abbreviation(word: str) -> bool:
+    # an initial ("J."), a dotted abbreviation ("U.S."), or one of the list above
+    word = word.lstrip("\"'([")
+    return len(word) == 1 or "." in word or word.lower() in _ABBREVIATIONS
+
+
+def sentences(text: str) -> list[list[str]]:
+    """Word-tokenised sentences of ``text``, each a list of lower-case :func:`words`.
+
+    Every line is split at ``.``, ``!`` or ``?`` followed by white space and a capital
+    letter or a digit, unless the full stop ends an abbreviation ("Mr.", "U.S.", an
+    initial); sentences never span lines (a corpus line is a document). A rule this
+    simple splits a few sentences wrongly, the same way every time. Sentences with no
+    word are dropped.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    found = []
+    for line in text.splitlines():
+        start = 0
+        for end in _SENTENCE_END.finditer(line):
+            before = line[start:end.start()].split()
+            if end.group().startswith(".") and before and _is_abbreviation(before[-1]):
+                continue
+            found.append(line[start:end.end()])
+            start = end.end()
+        found.append(line[start:])
+    return [tokens for tokens in map(words, found) if tokens]
+
+
+def check_sentences(sentences, name: str = "sentences") -> list[list[str]]:
+    """Raise unless ``sentences`` is a non-empty list of lists of strings; return it."""
+    if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Sequence):
+        raise TypeError(f"{name} must be a list of token lists, got {type(sentences).__name__}")
+    if len(sentences) == 0:
+        raise ValueError(f"{name} must not be empty")
+    for i, tokens in enumerate(sentences):
+        if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+            raise TypeError(f"{name}[{i}] must be a list of str tokens, got "
+                            f"{type(tokens).__name__}")
+        bad = next((t for t in tokens if not isinstance(t, str)), None)
+        if bad is not None:
+            raise TypeError(f"{name}[{i}] must hold str tokens, got {type(bad).__name__}")
+    return sentences
+
+
+def replace_unknown(sentences: Sequence[Sequence[str]], vocab: Vocabulary) -> list[list[str]]:
+    """``sentences`` with every token that ``vocab`` does not know replaced by ``vocab.unk``.
+
+    With ``vocab = Vocabulary.from_tokens(training_tokens, min_count=2)`` the words seen
+    once in training become ``<unk>`` there, and so do new words in validation text, so
+    that the model learns how often an unknown word comes, and where.
+    """
+    check_sentences(sentences)
+    if not isinstance(vocab, Vocabulary):
+        raise TypeError(f"vocab must be a Vocabulary, got {type(vocab).__name__}")
+    if vocab.unk is None:
+        raise ValueError("vocab must have an unk symbol to replace unknown tokens with")
+    return [[t if t in vocab.stoi else vocab.unk for t in tokens] for tokens in sentences]
+
+
+def pad_sentence(tokens: Sequence[str], order: int) -> list[str]:
+    """``order - 1`` start markers, the tokens, one end marker: ``<s> <s> a b </s>`` for 3.
+
+    An n-gram model of order ``order`` predicts every token and the end marker from the
+    ``order - 1`` tokens before it; the start markers give the first words a context.
+    """
+    check_int(order, "order", minimum=1)
+    return [BOS] * (order - 1) + list(tokens) + [EOS]
 
 
 def train_val_split(tokens: torch.Tensor, val_fraction: float = 0.1):

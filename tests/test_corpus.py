@@ -9,11 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib.corpus import (
+    BOS,
     CORPORA,
+    EOS,
+    UNK,
     Vocabulary,
     load_text,
     package_text,
+    pad_sentence,
     register_corpus,
+    replace_unknown,
+    sentences,
     train_val_split,
     words,
 )
@@ -159,3 +165,68 @@ def test_text_must_be_str():
 def test_split_bad_input(tokens, fraction, error, match):
     with pytest.raises(error, match=match):
         train_val_split(tokens, fraction)
+
+
+# ------------------------------------------------------- sentences (chapters 4 and 5)
+
+
+def test_sentences_split_at_ends_not_at_abbreviations():
+    text = ('Mr. Howard met U.S. officials on Dec. 13. "We will win," he said. Is it 5? '
+            "Yes!\nA new line starts a sentence. 2001 was a year. J. Smith agreed.")
+    assert sentences(text) == [
+        ["mr", "howard", "met", "u", "s", "officials", "on", "dec", "13"],
+        ["we", "will", "win", "he", "said"],
+        ["is", "it", "5"],
+        ["yes"],
+        ["a", "new", "line", "starts", "a", "sentence"],
+        ["2001", "was", "a", "year"],
+        ["j", "smith", "agreed"],
+    ]
+    assert sentences("") == [] and sentences(" . !\n\n") == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(alphabet="ab AB1.!?'\"\n", max_size=80))
+def test_sentences_keep_every_word_in_order(text):
+    found = sentences(text)
+    assert [w for s in found for w in s] == words(text)
+    assert all(s for s in found)
+
+
+def test_lee_sentences():
+    found = sentences(load_text("lee"))
+    assert sum(map(len, found)) == len(words(load_text("lee")))
+    assert len(found) > 2000 and max(map(len, found)) < 150
+
+
+def test_replace_unknown_and_pad():
+    train = [["the", "cat", "sat"], ["the", "dog", "sat"], ["a", "cat"]]
+    vocab = Vocabulary.from_tokens([t for s in train for t in s], min_count=2)
+    assert replace_unknown(train, vocab) == [["the", "cat", "sat"], ["the", UNK, "sat"],
+                                             [UNK, "cat"]]
+    assert replace_unknown([["the", "emu"], []], vocab) == [["the", UNK], []]
+    assert pad_sentence(["a", "b"], 3) == [BOS, BOS, "a", "b", EOS]
+    assert pad_sentence([], 1) == [EOS]
+    assert (BOS, EOS, UNK) == ("<s>", "</s>", "<unk>")
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: sentences(None), TypeError, "text must be a str"),
+        (lambda: sentences(b"a. B"), TypeError, "text must be a str"),
+        (lambda v: replace_unknown("a b", v), TypeError, "sentences must be a list"),
+        (lambda v: replace_unknown([], v), ValueError, "sentences must not be empty"),
+        (lambda v: replace_unknown(["a b"], v), TypeError, r"sentences\[0\] must be a list"),
+        (lambda v: replace_unknown([["a", 1]], v), TypeError, r"sentences\[0\] must hold str"),
+        (lambda v: replace_unknown([["a"]], {"a": 0}), TypeError, "vocab must be a Vocabulary"),
+        (lambda v: replace_unknown([["a"]], Vocabulary("ab")), ValueError, "unk symbol"),
+        (lambda v: pad_sentence(["a"], 0), ValueError, "order must be at least 1"),
+        (lambda v: pad_sentence(["a"], 2.0), TypeError, "order must be an int"),
+        (lambda v: pad_sentence(["a"], "2"), TypeError, "order must be an int"),
+    ],
+)
+def test_sentence_helpers_bad_input(call, error, match):
+    vocab = Vocabulary.from_tokens(["a", "a"], min_count=1)
+    with pytest.raises(error, match=match):
+        call(vocab) if call.__code__.co_argcount else call()
