@@ -1,14 +1,17 @@
 """Ahead-of-time compilation of every Triton kernel in ``lib`` for GPUs that are not here.
 
 Triton can compile for a target GPU on a machine that has none:
-``triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32))``
-returns PTX and a cubin. Triton's bundled ``ptxas-blackwell -v`` then reports
-registers, spill bytes and barriers, and the PTX tells whether matrix products
-use tensor cores (``wgmma`` on sm_90a, ``mma.sync`` on sm_80).
+``triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda",
+90, 32))`` returns PTX and a cubin. Triton's bundled ``ptxas-blackwell -v`` then reports
+registers, spill bytes and barriers, and the PTX tells whether matrix products use
+tensor cores (``wgmma`` on sm_90a, ``mma.sync`` on sm_80).
 
-Each kernel module declares what to compile with a function ``aot_specs()``
-returning :class:`KernelSpec` objects (its default launch configurations).
-Run ``python -m lib.bench compile`` (or ``python -m lib.aot``) for the table.
+The kernel modules are listed in :data:`KERNEL_MODULES`; each declares what to compile
+with a function ``aot_specs()`` returning :class:`lib.kernel_spec.KernelSpec` objects
+(its default launch configurations). A spec that gives its launch arguments is compiled
+with the specialization Triton's launcher derives from them (:func:`launch_source`),
+so the profile describes the kernel that runs. Run ``python -m lib.bench compile`` (or
+``python -m lib.aot``) for the table.
 
 Kernels must be plain ``triton.JITFunction`` objects here, so this module is run
 with ``TRITON_INTERPRET=0``; :func:`compile_all_subprocess` takes care of it.
@@ -19,28 +22,23 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import pkgutil
 import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+
+from .kernel_spec import KernelSpec
+
+# The lib modules that define aot_specs(): a module with a Triton kernel adds its name.
+KERNEL_MODULES = ("softmax", "loss_scaling", "attention")
 
 # Per-block shared memory limits (opt-in maximum): H100 227 KiB, A100 163 KiB.
 TARGETS = {"sm_90a": (90, 227 * 1024), "sm_80": (80, 163 * 1024)}
 
-
-@dataclass(frozen=True)
-class KernelSpec:
-    """One kernel in one launch configuration, as the library launches it by default."""
-
-    name: str
-    kernel: object  # triton.JITFunction
-    signature: dict[str, str]  # argument -> Triton type ("*fp16", "i32", "fp32", ...)
-    constexprs: dict[str, object] = field(default_factory=dict)
-    num_warps: int = 4
-    num_stages: int = 3
-    matmul: bool = False  # True: the kernel multiplies matrices and must use tensor cores
+__all__ = ["KERNEL_MODULES", "TARGETS", "CompileReport", "KernelSpec", "collect_specs",
+           "compile_all", "compile_all_subprocess", "compile_spec", "format_table",
+           "launch_source"]
 
 
 @dataclass
@@ -53,19 +51,23 @@ class CompileReport:
     shared_limit: int
     tensor_cores: bool
     matmul: bool
+    launch_hints: bool = True  # compiled with the launcher's specialization
+    vector_loads: int = 0  # ld.global.v2/v4 instructions in the PTX
+    cp_async: int = 0  # cp.async instructions (asynchronous global -> shared copies)
 
 
 def collect_specs(modules: tuple[str, ...] | None = None) -> list[KernelSpec]:
-    """Gather the specs of every ``lib`` module that defines ``aot_specs`` (or of ``modules``)."""
-    import lib
-
+    """The specs of every module in :data:`KERNEL_MODULES` (or of ``modules``, a subset)."""
+    names = modules or KERNEL_MODULES
+    unknown = [m for m in names if m not in KERNEL_MODULES]
+    if unknown:
+        raise ValueError(f"modules must be among KERNEL_MODULES {KERNEL_MODULES}, got {unknown}")
     specs = []
-    for info in pkgutil.iter_modules(lib.__path__):
-        if info.name in {"aot", "bench"} or (modules and info.name not in modules):
-            continue
-        module = importlib.import_module(f"lib.{info.name}")
-        if hasattr(module, "aot_specs"):
-            specs.extend(module.aot_specs())
+    for name in names:
+        module = importlib.import_module(f"lib.{name}")
+        if not hasattr(module, "aot_specs"):
+            raise RuntimeError(f"lib.{name} is listed in KERNEL_MODULES but has no aot_specs()")
+        specs.extend(module.aot_specs())
     return specs
 
 
@@ -79,15 +81,41 @@ def _ptxas() -> str:
     raise RuntimeError("Triton's bundled ptxas was not found; is this Triton built for NVIDIA?")
 
 
+def launch_source(spec: KernelSpec, target: str):
+    """``(ASTSource, options)`` for ``spec`` on ``target``, specialised as a launch would be.
+
+    With ``spec.args`` this runs the kernel's own binder (the function Triton's JIT calls
+    at every launch, ``triton.runtime.jit.create_function_from_signature``) and
+    ``JITFunction._pack_args`` on those arguments, for the target's backend: the result
+    has the signature, the constants (ints equal to 1) and the ``tt.divisibility = 16``
+    attributes (16-byte-aligned pointers, ints divisible by 16) that a launch with these
+    arguments compiles with. Without ``spec.args``: the bare signature, no hints.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    capability, _ = TARGETS[target]
+    backend = make_backend(GPUTarget("cuda", capability, 32))
+    launch = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    if spec.args is None:
+        src = ASTSource(fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs)
+        return src, backend.parse_options(launch).__dict__
+    kernel = spec.kernel
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, kwargs = binder(**spec.args, **spec.constexprs, **launch)
+    options, signature, constexprs, attrs = kernel._pack_args(
+        backend, kwargs, bound, specialization, kwargs)
+    return ASTSource(kernel, signature, constexprs, attrs), options.__dict__
+
+
 def compile_spec(spec: KernelSpec, target: str) -> CompileReport:
     """Compile ``spec`` for ``target`` (``"sm_90a"`` or ``"sm_80"``) and read its resource use."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     capability, shared_limit = TARGETS[target]
-    src = ASTSource(fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs)
-    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    src, options = launch_source(spec, target)
     compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
     ptx = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +130,9 @@ def compile_spec(spec: KernelSpec, target: str) -> CompileReport:
     tensor_cores = ("wgmma" in ptx) if capability >= 90 else ("mma.sync" in ptx)
     return CompileReport(
         spec.name, target, registers, spills, compiled.metadata.shared, shared_limit,
-        tensor_cores, spec.matmul,
+        tensor_cores, spec.matmul, launch_hints=spec.args is not None,
+        vector_loads=len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]", ptx)),
+        cp_async=len(re.findall(r"cp\.async\.c[ag]", ptx)),
     )
 
 
@@ -133,14 +163,18 @@ def compile_all_subprocess(
 
 
 def format_table(reports: list[CompileReport]) -> str:
-    header = f"{'kernel':<34}{'target':<8}{'regs':>6}{'spill B':>9}{'smem B':>9}  tensor cores"
+    """One row per kernel and target; ``*`` marks a spec compiled without launch hints."""
+    header = (f"{'kernel':<36}{'target':<8}{'regs':>5}{'spill B':>8}{'smem B':>8}"
+              f"{'cp.async':>9}  tensor cores")
     rows = [header, "-" * len(header)]
     for r in reports:
         tc = ("yes" if r.tensor_cores else "NO") if r.matmul else "n/a (no matmul)"
-        rows.append(
-            f"{r.name:<34}{r.target:<8}{r.registers:>6}{r.spill_bytes:>9}"
-            f"{r.shared_bytes:>9}  {tc}"
-        )
+        name = r.name if r.launch_hints else r.name + " *"
+        rows.append(f"{name:<36}{r.target:<8}{r.registers:>5}{r.spill_bytes:>8}"
+                    f"{r.shared_bytes:>8}{r.cp_async:>9}  {tc}")
+    if not all(r.launch_hints for r in reports):
+        rows.append("* compiled without the launcher's specialization (no launch arguments "
+                    "in its KernelSpec)")
     return "\n".join(rows)
 
 

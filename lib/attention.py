@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ._triton import tl, triton
-from .aot import KernelSpec
 from .backend import INTERPRET, resolve_backend
+from .kernel_spec import KernelSpec
 from .softmax import softmax_reference
 from .validate import FLOAT_DTYPES, check_positive_int, check_same, check_tensor
 
@@ -748,7 +748,7 @@ _GPU_CONFIGS = {
     "dkdv": {
         64: dict(BLOCK_M=32, BLOCK_N=128, num_warps=8, num_stages=2),
         128: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
-        256: dict(BLOCK_M=16, BLOCK_N=64, BLOCK_DO=128, num_warps=8, num_stages=2),
+        256: dict(BLOCK_M=16, BLOCK_N=64, BLOCK_DO=128, num_warps=8, num_stages=1),
     },
     "dq": {
         64: dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from ._triton import tl, triton
-from .aot import KernelSpec
 from .backend import resolve_backend
+from .kernel_spec import KernelSpec
 from .validate import FLOAT_DTYPES, check_dim, check_positive_int, check_tensor
 
 # ----------------------------------------------------------------------------- reference
@@ -253,43 +253,55 @@ def launch_config(n_cols: int, block_n: int | None = None) -> tuple[int, int]:
     return block_n, num_warps
 
 
+def _fwd_launch(x2d: torch.Tensor, y: torch.Tensor, block_n: int | None = None):
+    """Grid, arguments, constexprs and warps of the forward kernel on a (rows, n) input."""
+    rows, n = x2d.shape
+    block_n, num_warps = launch_config(n, block_n)
+    args = dict(x_ptr=x2d, y_ptr=y, stride_x=x2d.stride(0), stride_y=y.stride(0), n_cols=n)
+    return (rows,), args, dict(BLOCK_N=block_n, SINGLE_BLOCK=n <= block_n), num_warps
+
+
+def _bwd_launch(y: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+                block_n: int | None = None):
+    """Grid, arguments, constexprs and warps of the backward kernel on (rows, n) tensors."""
+    rows, n = y.shape
+    block_n, num_warps = launch_config(n, block_n)
+    args = dict(y_ptr=y, dy_ptr=dy, dx_ptr=dx, stride_y=y.stride(0), stride_dy=dy.stride(0),
+                stride_dx=dx.stride(0), n_cols=n)
+    return (rows,), args, dict(BLOCK_N=block_n), num_warps
+
+
 def _softmax_fwd_triton(x2d: torch.Tensor, block_n: int | None = None) -> torch.Tensor:
     """Launch the forward kernel on a (rows, n) tensor with unit column stride."""
-    rows, n = x2d.shape
     y = torch.empty_like(x2d)
-    block_n, num_warps = launch_config(n, block_n)
-    _softmax_fwd_kernel[(rows,)](
-        x2d, y, x2d.stride(0), y.stride(0), n,
-        BLOCK_N=block_n, SINGLE_BLOCK=n <= block_n, num_warps=num_warps,
-    )
+    grid, args, meta, num_warps = _fwd_launch(x2d, y, block_n)
+    _softmax_fwd_kernel[grid](**args, **meta, num_warps=num_warps)
     return y
 
 
 def _softmax_bwd_triton(y: torch.Tensor, dy: torch.Tensor, block_n: int | None = None):
-    rows, n = y.shape
     dx = torch.empty_like(y)
-    block_n, num_warps = launch_config(n, block_n)
-    _softmax_bwd_kernel[(rows,)](
-        y, dy, dx, y.stride(0), dy.stride(0), dx.stride(0), n,
-        BLOCK_N=block_n, num_warps=num_warps,
-    )
+    grid, args, meta, num_warps = _bwd_launch(y, dy, dx, block_n)
+    _softmax_bwd_kernel[grid](**args, **meta, num_warps=num_warps)
     return dx
 
 
 def aot_specs() -> list[KernelSpec]:
-    """Default configurations, compiled ahead of time by ``python -m lib.bench compile``."""
-    ptrs = {"x_ptr": "*fp16", "y_ptr": "*fp16"}
-    ints = {"stride_x": "i32", "stride_y": "i32", "n_cols": "i32"}
-    bwd = {"y_ptr": "*fp16", "dy_ptr": "*fp16", "dx_ptr": "*fp16"}
-    bwd_ints = {"stride_y": "i32", "stride_dy": "i32", "stride_dx": "i32", "n_cols": "i32"}
-    return [
-        KernelSpec("softmax_fwd (row <= 1024)", _softmax_fwd_kernel, ptrs | ints,
-                   {"BLOCK_N": 1024, "SINGLE_BLOCK": True}, num_warps=4),
-        KernelSpec("softmax_fwd (looped, 2048)", _softmax_fwd_kernel, ptrs | ints,
-                   {"BLOCK_N": MAX_BLOCK_N, "SINGLE_BLOCK": False}, num_warps=8),
-        KernelSpec("softmax_bwd (2048)", _softmax_bwd_kernel, bwd | bwd_ints,
-                   {"BLOCK_N": MAX_BLOCK_N}, num_warps=8),
-    ]
+    """Default configurations as launched on contiguous fp16 rows (4096 of them),
+    compiled ahead of time by ``python -m lib.bench compile``."""
+    specs = []
+    for name, n in (("softmax_fwd (row <= 1024)", 1024), ("softmax_fwd (looped, 2048)", 4096)):
+        x = torch.empty(4096, n, dtype=torch.float16, device="meta")
+        _, args, meta, warps = _fwd_launch(x, torch.empty_like(x))
+        if not meta["SINGLE_BLOCK"]:
+            name = f"softmax_fwd (looped, {meta['BLOCK_N']})"
+        specs.append(KernelSpec(name, _softmax_fwd_kernel, constexprs=meta, num_warps=warps,
+                                args=args))
+    y = torch.empty(4096, 4096, dtype=torch.float16, device="meta")
+    _, args, meta, warps = _bwd_launch(y, torch.empty_like(y), torch.empty_like(y))
+    specs.append(KernelSpec(f"softmax_bwd ({meta['BLOCK_N']})", _softmax_bwd_kernel,
+                            constexprs=meta, num_warps=warps, args=args))
+    return specs
 
 
 # ------------------------------------------------------------------------ autograd + public
