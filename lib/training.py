@@ -87,7 +87,7 @@ def train(
     """Train ``model`` for ``steps`` AdamW steps; return the loss of every step (floats).
 
     batch_fn(generator) -> a tuple of tensors (already on the model's device), drawn with
-    the CPU ``generator`` seeded with ``seed``; loss_fn(model, *batch) -> a scalar tensor.
+    the CPU ``generator`` seeded with ``seed``; ``loss_fn(model, *batch)`` -> a scalar tensor.
     Only parameters that require grad are trained, so a frozen base (``requires_grad_
     (False)``) stays as it is. Weight decay applies to parameters with two or more
     dimensions. ``warmup`` defaults to min(100, steps // 10). The model trains in
