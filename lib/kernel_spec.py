@@ -26,6 +26,7 @@ class KernelSpec:
         (``"*fp16"``, ``"i32"``, ``"fp32"``...) and compile-time constants. Such a spec
         compiles without the launcher's hints (no vectorised loads, no ``cp.async``),
         so its profile can differ from the launched kernel's; the table marks it.
+
     matmul: the kernel multiplies matrices and must use tensor cores.
     """
 
