@@ -1,5 +1,5 @@
-"""lib/floating_point.py: formats vs torch.finfo, rounding bit-exact vs torch's casts, the fused
-unscale-and-check kernel vs its reference vs PyTorch's own op, DynamicLossScaler vs GradScaler."""
+"""lib/floating_point.py: formats vs torch.finfo, rounding bit-exact vs torch's casts, bit
+fields vs torch's stored codes, bad input."""
 
 import math
 
@@ -8,13 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lib.floating_point as fp
 from lib.floating_point import (
     FORMATS,
-    DynamicLossScaler,
     FloatFormat,
-    _unscale_and_check_reference,
-    _unscale_and_check_triton,
     all_values,
     compose,
     decompose,
@@ -23,8 +19,6 @@ from lib.floating_point import (
     neighbours,
     round_to_format,
     ulp,
-    unscale_and_check_,
-    update_scale,
 )
 
 CAST_DTYPES = [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2]
@@ -243,297 +237,75 @@ def test_neighbours_are_the_adjacent_codes(dtype):
     assert (b < r).all() and (r < a).all()
 
 
-# ------------------------------------------------------------- fused unscale and inf/NaN check
+# ------------------------------------------------------------------------------ bad input
 
-
-def make_grads(sizes, dtypes, seed=0, scale=1000.0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n, generator=g) * scale).to(d) for n, d in zip(sizes, dtypes, strict=True)]
-
-
-def run_all_three(grads, inv_scale=2.0**-10, found=0.0):
-    """(grads, found_inf) after the kernel, the reference and PyTorch's own fused op."""
-    inv = torch.tensor(inv_scale)
-    results = []
-    for fn in (_unscale_and_check_triton, _unscale_and_check_reference, None):
-        gs, f = [t.clone() for t in grads], torch.tensor(found)
-        if fn is None:  # the oracle takes one dtype per call
-            for dtype in {t.dtype for t in gs}:
-                torch._amp_foreach_non_finite_check_and_unscale_(
-                    [t for t in gs if t.dtype == dtype], f, inv)
-        else:
-            fn(gs, f, inv)
-        results.append((gs, f.item()))
-    return results
-
-
-def assert_results_equal(results):
-    (g0, f0), *rest = results
-    for g, f in rest:
-        assert f == f0
-        for a, b in zip(g0, g, strict=True):
-            assert a.dtype == b.dtype and a.shape == b.shape
-            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
-
-
-SIZES = [1, 17, 2048, fp.CHUNK, fp.CHUNK + 1, 2 * fp.CHUNK + 999, 3, 0]
-DTYPES = [torch.float32, torch.float16, torch.bfloat16] * 3
-
-
-@pytest.mark.parametrize("poison", [None, ("inf", 5, -1), ("-inf", 2, 0), ("nan", 1, 7)])
-def test_kernel_reference_and_torch_agree(poison):
-    grads = make_grads(SIZES, DTYPES[: len(SIZES)])
-    if poison:
-        value, i, pos = poison
-        grads[i][pos] = float(value)
-    results = run_all_three(grads)
-    assert_results_equal(results)
-    assert results[0][1] == (1.0 if poison else 0.0)
-
-
-@settings(max_examples=10, deadline=None)
-@given(specs=st.lists(st.tuples(st.integers(0, 40000), st.sampled_from(range(3))),
-                      min_size=1, max_size=6),
-       bad=st.one_of(st.none(), st.tuples(st.integers(0, 5), st.floats(0, 1),
-                                          st.sampled_from([INF, -INF, math.nan]))),
-       inv_exp=st.integers(-24, 4), seed=st.integers(0, 999))
-def test_kernel_matches_reference_property(specs, bad, inv_exp, seed):
-    dtypes = [torch.float32, torch.float16, torch.bfloat16]
-    grads = make_grads([n for n, _ in specs], [dtypes[d] for _, d in specs], seed)
-    if bad is not None and grads[bad[0] % len(grads)].numel():
-        t = grads[bad[0] % len(grads)]
-        t[int(bad[1] * (t.numel() - 1))] = bad[2]
-    assert_results_equal(run_all_three(grads, inv_scale=2.0**inv_exp))
-
-
-def test_non_contiguous_misaligned_and_multidimensional_grads():
-    base = torch.randn(101)
-    grads = [torch.randn(7, 9).t(), base[1:], torch.randn(3, 4, 5).to(torch.bfloat16),
-             torch.randn(6, 6, dtype=torch.float16)[:, ::2]]
-    grads[1][50] = INF
-    assert_results_equal(run_all_three(grads))
-    t = grads[0].clone()  # the caller's (non-contiguous) tensor is updated in place
-    unscale_and_check_([t], torch.zeros(()), torch.tensor(0.5), backend="triton")
-    assert torch.equal(t, grads[0] * 0.5)
-
-
-def test_empty_list_and_empty_tensors_launch_nothing(monkeypatch):
-    launches = []
-    monkeypatch.setattr(fp, "_unscale_and_check_kernel", LaunchCounter(launches))
-    found = torch.zeros(())
-    assert unscale_and_check_([], found, torch.tensor(1.0), backend="triton") is found
-    unscale_and_check_([torch.empty(0)], found, torch.tensor(1.0), backend="triton")
-    assert found.item() == 0 and launches == []
-
-
-class LaunchCounter:
-    """Stands in for the kernel: counts launches and forwards them."""
-
-    def __init__(self, launches, kernel=fp._unscale_and_check_kernel):
-        self.launches, self.kernel = launches, kernel
-
-    def __getitem__(self, grid):
-        self.launches.append(grid)
-        return self.kernel[grid]
-
-
-def test_one_launch_for_many_tensors(monkeypatch):
-    launches = []
-    monkeypatch.setattr(fp, "_unscale_and_check_kernel", LaunchCounter(launches))
-    grads = make_grads([5, 70000, 300, 1], [torch.float32, torch.bfloat16, torch.float16,
-                                            torch.float32])
-    unscale_and_check_(grads, torch.zeros(()), torch.tensor(0.25), backend="triton")
-    assert launches == [(1 + 5 + 1 + 1,)]  # one launch, one program per chunk
-
-
-def test_found_inf_is_not_reset():
-    results = run_all_three(make_grads([10, 20], [torch.float32, torch.float16]), found=1.0)
-    assert_results_equal(results)
-    assert results[0][1] == 1.0
-
-
-@pytest.mark.parametrize(
-    "grads, found, inv, error, words",
-    [
-        (torch.randn(3), torch.zeros(()), torch.ones(()), TypeError, "grads must be a list"),
-        ([torch.arange(3)], torch.zeros(()), torch.ones(()), TypeError, r"grads\[0\] must have"),
-        ([torch.randn(3).to_sparse()], torch.zeros(()), torch.ones(()), ValueError, "sparse"),
-        ([torch.randn(3), torch.randn(2, device="meta")], torch.zeros(()), torch.ones(()),
-         ValueError, "grads must share one device"),
-        ([torch.randn(3)], torch.zeros(2), torch.ones(()), ValueError, "found_inf must have"),
-        ([torch.randn(3)], torch.zeros((), dtype=torch.float64), torch.ones(()), TypeError,
-         "found_inf must have dtype"),
-        ([torch.randn(3)], torch.zeros(()), torch.ones((), device="meta"), ValueError,
-         "inv_scale must be on"),
-        ([torch.randn(3)], torch.zeros(()), 0.5, TypeError, "inv_scale must be a torch.Tensor"),
-    ],
-)
-def test_unscale_bad_input(grads, found, inv, error, words):
-    with pytest.raises(error, match=words):
-        unscale_and_check_(grads, found, inv)
-
-
-def test_unscale_bad_backend():
-    with pytest.raises(ValueError, match="backend must be one of"):
-        unscale_and_check_([torch.randn(2)], torch.zeros(()), torch.ones(()), backend="cuda")
-
-
-# --------------------------------------------------------------------- scale update and scaler
-
-
-@settings(max_examples=30, deadline=None)
-@given(found=st.lists(st.booleans(), min_size=1, max_size=60), interval=st.integers(1, 5),
-       growth=st.sampled_from([2.0, 1.5, 4.0]), backoff=st.sampled_from([0.5, 0.25, 0.9]),
-       init_exp=st.integers(100, 127))
-def test_update_scale_matches_torch_op(found, interval, growth, backoff, init_exp):
-    """Against torch._amp_update_scale_, GradScaler's own update, including growth into inf."""
-    ours = (torch.tensor(2.0**init_exp), torch.tensor(0, dtype=torch.int32))
-    theirs = (torch.tensor(2.0**init_exp), torch.tensor(0, dtype=torch.int32))
-    for f in found:
-        flag = torch.tensor(float(f))
-        update_scale(*ours, flag, growth, backoff, interval)
-        torch._amp_update_scale_(*theirs, flag, growth, backoff, interval)
-        assert ours[0].item() == theirs[0].item() and ours[1].item() == theirs[1].item()
-
-
-def train_steps(scaler, model, optimizer, pattern, unscale_first=False):
-    """One step per entry of pattern: False = finite gradients, True = an inf in the loss."""
-    scales = []
-    for k, bad in enumerate(pattern):
-        optimizer.zero_grad()
-        x = torch.full((4, 3), float(k % 5 + 1))
-        loss = model(x).pow(2).mean() * (INF if bad else 1.0)
-        scaler.scale(loss).backward()
-        if unscale_first:
-            scaler.unscale_(optimizer)
-        scaler.step(optimizer)
-        scaler.update()
-        scales.append(scaler.get_scale())
-    return scales
-
-
-def twin_models():
-    torch.manual_seed(0)
-    a = torch.nn.Linear(3, 2)
-    b = torch.nn.Linear(3, 2)
-    b.load_state_dict(a.state_dict())
-    return (a, torch.optim.SGD(a.parameters(), lr=1e-3)), (b, torch.optim.SGD(b.parameters(),
-                                                                             lr=1e-3))
-
-
-@pytest.mark.parametrize("backend, unscale_first", [("torch", False), ("torch", True),
-                                                    ("triton", False)])
-def test_scale_trajectory_equals_gradscaler(backend, unscale_first):
-    pattern = [False] * 7 + [True, True] + [False] * 4 + [True] + [False] * 9
-    kwargs = dict(init_scale=2.0**10, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
-    (m1, o1), (m2, o2) = twin_models()
-    ours = train_steps(DynamicLossScaler(**kwargs, backend=backend), m1, o1, pattern,
-                       unscale_first)
-    theirs = train_steps(torch.amp.GradScaler("cpu", **kwargs), m2, o2, pattern, unscale_first)
-    assert ours == theirs
-    assert ours[6] == 2.0**12 and ours[8] == 2.0**10  # grew twice, then backed off twice
-    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
-        assert torch.equal(p, q)  # same skipped steps, same unscaled updates
-
-
-@settings(max_examples=8, deadline=None)
-@given(pattern=st.lists(st.booleans(), min_size=1, max_size=25), interval=st.integers(1, 4))
-def test_scale_trajectory_property(pattern, interval):
-    kwargs = dict(init_scale=2.0**12, growth_interval=interval, backoff_factor=0.25)
-    (m1, o1), (m2, o2) = twin_models()
-    ours = train_steps(DynamicLossScaler(**kwargs, backend="torch"), m1, o1, pattern)
-    assert ours == train_steps(torch.amp.GradScaler("cpu", **kwargs), m2, o2, pattern)
-
-
-def test_state_dict_round_trip_with_gradscaler():
-    (m1, o1), (m2, o2) = twin_models()
-    theirs = torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=3)
-    train_steps(theirs, m2, o2, [False, False])
-    ours = DynamicLossScaler()
-    ours.load_state_dict(theirs.state_dict())
-    assert ours.state_dict() == theirs.state_dict()
-    assert train_steps(ours, m1, o1, [False, True]) == train_steps(theirs, m2, o2, [False, True])
-
-
-def test_unscale_returns_found_inf_and_true_gradients():
-    (model, opt), _ = twin_models()
-    scaler = DynamicLossScaler(init_scale=2.0**8)
-    scaler.scale(model(torch.ones(1, 3)).sum()).backward()
-    found = scaler.unscale_(opt)
-    assert found.item() == 0.0
-    torch.testing.assert_close(model.weight.grad, torch.ones(2, 3), rtol=0, atol=0)
-
-
-def test_scaler_misuse_raises():
-    (model, opt), _ = twin_models()
-    scaler = DynamicLossScaler()
-    with pytest.raises(RuntimeError, match="before scale"):
-        scaler.step(opt)
-    scaler.scale(model(torch.ones(1, 3)).sum()).backward()
-    with pytest.raises(RuntimeError, match="No inf checks"):
-        scaler.update()
-    scaler.unscale_(opt)
-    with pytest.raises(RuntimeError, match="already been called"):
-        scaler.unscale_(opt)
-    with pytest.raises(RuntimeError, match="Closure"):
-        scaler.step(opt, closure=lambda: 0)
-    scaler.step(opt)
-    with pytest.raises(RuntimeError, match="step\\(\\) has already been called"):
-        scaler.step(opt)
-    with pytest.raises(RuntimeError, match="after step"):
-        scaler.unscale_(opt)
-    with pytest.raises(TypeError, match="outputs must be a tensor"):
-        scaler.scale(3.0)
-
-
-def test_fp16_gradients_are_refused():
-    model = torch.nn.Linear(3, 2).half()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    scaler = DynamicLossScaler()
-    scaler.scale(model(torch.ones(1, 3, dtype=torch.float16)).float().sum()).backward()
-    with pytest.raises(ValueError, match="FP16 gradients"):
-        scaler.unscale_(opt)
-
-
-@pytest.mark.parametrize(
-    "kwargs, error, words",
-    [
-        ({"init_scale": 0.0}, ValueError, "init_scale must be positive"),
-        ({"init_scale": "big"}, TypeError, "init_scale must be a float"),
-        ({"growth_factor": 1.0}, ValueError, "growth_factor must be > 1"),
-        ({"backoff_factor": 1.0}, ValueError, "backoff_factor must be in"),
-        ({"growth_interval": 0}, ValueError, "growth_interval must be at least 1"),
-        ({"growth_interval": 2.5}, TypeError, "growth_interval must be an int"),
-        ({"backend": "gpu"}, ValueError, "backend must be one of"),
-    ],
-)
-def test_scaler_bad_arguments(kwargs, error, words):
-    with pytest.raises(error, match=words):
-        DynamicLossScaler(**kwargs)
-
-
-# ----------------------------------------------------------------------- bad input elsewhere
+FP16 = FORMATS["fp16"]
+ONES = torch.ones(3, dtype=torch.long)
 
 
 @pytest.mark.parametrize(
     "call, error, words",
     [
-        (lambda: round_to_format(torch.arange(3), FORMATS["fp16"]), TypeError, "x must have dtype"),
-        (lambda: round_to_format(torch.ones(2, dtype=torch.float64), FORMATS["fp16"]), TypeError,
+        # wrong type and dtype of x, named x
+        (lambda: round_to_format(torch.arange(3), FP16), TypeError, "x must have dtype"),
+        (lambda: round_to_format(torch.ones(2, dtype=torch.float64), FP16), TypeError,
          "x must have dtype"),
-        (lambda: round_to_format([1.0], FORMATS["fp16"]), TypeError, "x must be a torch.Tensor"),
+        (lambda: round_to_format([1.0], FP16), TypeError, "x must be a torch.Tensor"),
+        (lambda: ulp(torch.arange(3), FP16), TypeError, "x must have dtype"),
+        (lambda: encode("1.5", FP16), TypeError, "x must be a torch.Tensor"),
+        (lambda: neighbours(torch.ones(2, dtype=torch.int32), FP16), TypeError,
+         "x must have dtype"),
+        (lambda: decompose(torch.arange(3)), TypeError, "x must have dtype"),
+        (lambda: decompose(torch.ones(2, dtype=torch.complex64)), TypeError, "x must have dtype"),
+        (lambda: decompose(1.5), TypeError, "x must be a torch.Tensor"),
+        # a format given by name, or of the wrong kind
         (lambda: round_to_format(torch.ones(2), "fp16"), TypeError, "fmt must be a FloatFormat"),
+        (lambda: compose(0, 15, 0, "fp16"), TypeError, "fmt must be a FloatFormat"),
+        (lambda: all_values(None), TypeError, "fmt must be a FloatFormat"),
         (lambda: round_to_format(torch.ones(2), FloatFormat("w", 9, 10)), ValueError,
          "wider range than fp32"),
-        (lambda: FloatFormat("x", 1, 3), ValueError, "exponent_bits must be in"),
-        (lambda: FloatFormat("x", 4, 0), ValueError, "mantissa_bits must be in"),
-        (lambda: FloatFormat("x", 4.0, 3), TypeError, "exponent_bits must be an int"),
-        (lambda: FloatFormat(3, 4, 3), TypeError, "name must be a str"),
-        (lambda: decompose(torch.arange(3)), TypeError, "dtype must be one of"),
         (lambda: all_values(FORMATS["fp32"]), ValueError, "at most 16 bits"),
+        # a string where a bool belongs: "no" is truthy
+        (lambda: round_to_format(torch.ones(2), FP16, saturate="no"), TypeError,
+         "saturate must be a bool"),
+        (lambda: round_to_format(torch.ones(2), FP16, saturate=0), TypeError,
+         "saturate must be a bool"),
+        # compose: fields out of range, not integers, shapes that do not broadcast
+        (lambda: compose(2, 15, 0, FP16), ValueError, r"sign must hold values in \[0, 1\]"),
+        (lambda: compose(0, 32, 0, FP16), ValueError, r"exponent must hold values in \[0, 31\]"),
+        (lambda: compose(0, -1, 0, FP16), ValueError, "exponent must hold values in"),
+        (lambda: compose(0, 15, 1024, FP16), ValueError,
+         r"mantissa must hold values in \[0, 1023\]"),
+        (lambda: compose(0, 15, torch.tensor([0.5]), FP16), TypeError,
+         "mantissa must hold integers"),
+        (lambda: compose(0, "15", 0, FP16), TypeError, "exponent must be an integer tensor"),
+        (lambda: compose(0, 15.0, 0, FP16), TypeError, "exponent must be an integer tensor"),
+        (lambda: compose(ONES[:2] * 0, ONES * 15, ONES * 0, FP16), ValueError,
+         "must have shapes that broadcast"),
+        # FloatFormat fields: sizes out of range, floats, strings, bools, unknown dtype
+        (lambda: FloatFormat("x", 1, 3), ValueError, "exponent_bits must be at least 2"),
+        (lambda: FloatFormat("x", 12, 3), ValueError, "exponent_bits must be at most 11"),
+        (lambda: FloatFormat("x", 4, 0), ValueError, "mantissa_bits must be at least 1"),
+        (lambda: FloatFormat("x", 4, -3), ValueError, "mantissa_bits must be at least 1"),
+        (lambda: FloatFormat("x", 4.0, 3), TypeError, "exponent_bits must be an int"),
+        (lambda: FloatFormat("x", "4", 3), TypeError, "exponent_bits must be an int"),
+        (lambda: FloatFormat("x", 4, 3, finite="yes"), TypeError, "finite must be a bool"),
+        (lambda: FloatFormat("x", 4, 3, dtype="float16"), TypeError, "dtype must be a torch"),
+        (lambda: FloatFormat(3, 4, 3), TypeError, "name must be a str"),
         (lambda: format_of(torch.int8), TypeError, "dtype must be one of"),
+        (lambda: format_of("float16"), TypeError, "dtype must be a torch.dtype"),
+        (lambda: format_of([torch.float16]), TypeError, "dtype must be a torch.dtype"),
     ],
 )
 def test_bad_input_is_named(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+def test_empty_and_special_values_pass_through():
+    empty = torch.empty(0)
+    assert round_to_format(empty, FP16).shape == (0,)
+    assert all(f.shape == (0,) for f in encode(empty, FP16))
+    assert compose(torch.empty(0, dtype=torch.long), 0, 0, FP16).shape == (0,)
+    r = round_to_format(torch.tensor([math.nan, INF, -INF]), FP16)
+    assert r[0].isnan() and r[1:].tolist() == [INF, -INF]

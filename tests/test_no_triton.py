@@ -39,8 +39,8 @@ OPS = {
         def oracle():
             return torch.nn.functional.scaled_dot_product_attention(q, k, v)
     """,
-    "lib.floating_point.unscale_and_check_": """
-        from lib.floating_point import unscale_and_check_
+    "lib.loss_scaling.unscale_and_check_": """
+        from lib.loss_scaling import unscale_and_check_
         g = torch.randn(11)
         def run(backend):
             grads = [g.clone(), g.half()]

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from ..floating_point import unscale_and_check_
+from ..loss_scaling import unscale_and_check_
 from . import gpu_time_ms, needs_cuda
 
 
