@@ -32,6 +32,7 @@ and :func:`pad_sentence` adds the ``<s>`` and ``</s>`` markers an n-gram model n
 from __future__ import annotations
 
 import importlib.resources
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -250,8 +251,8 @@ def check_sentences(sentences, name: str = "sentences") -> list[list[str]]:
         if isinstance(tokens, str) or not isinstance(tokens, Sequence):
             raise TypeError(f"{name}[{i}] must be a list of str tokens, got "
                             f"{type(tokens).__name__}")
-        bad = next((t for t in tokens if not isinstance(t, str)), None)
-        if bad is not None:
+        if not all(map(isinstance, tokens, itertools.repeat(str))):  # in C: fast on a corpus
+            bad = next(t for t in tokens if not isinstance(t, str))
             raise TypeError(f"{name}[{i}] must hold str tokens, got {type(bad).__name__}")
     return sentences
 

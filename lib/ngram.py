@@ -29,15 +29,18 @@ token and ``</s>``, never ``<s>``, so its distributions are over the vocabulary 
 
 from __future__ import annotations
 
+import array
+import itertools
 import math
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .backend import default_device
-from .corpus import BOS, EOS, UNK, Vocabulary, check_sentences, pad_sentence
+from .corpus import BOS, EOS, UNK, Vocabulary, check_sentences
 from .validate import check_choice, check_int, check_long_tensor, check_real
 
 SMOOTHINGS = ("mle", "laplace", "kneser_ney", "modified_kneser_ney")
@@ -216,31 +219,36 @@ class NGramLM:
 
     @property
     def vocab(self) -> list[str]:
-        """The known tokens, ``<s>``, ``</s>`` and ``<unk>`` first, then by frequency."""
+        """The known tokens: ``<s>``, ``</s>``, ``<unk>``, then by frequency (ties: first seen)."""
         return list(self._fitted().itos)
 
     def fit(self, sentences: Sequence[Sequence[str]]) -> NGramLM:
         """Count the n-grams of ``sentences`` (a list of token lists) and set the weights."""
         check_sentences(sentences)
-        freq: dict[str, int] = {}
-        for i, tokens in enumerate(sentences):
-            for t in tokens:
-                if t in (BOS, EOS):
-                    raise ValueError(f"sentences[{i}] holds the marker {t!r}: markers are "
-                                     "added by fit, pass the bare tokens")
-                freq[t] = freq.get(t, 0) + 1
-        words = sorted((t for t in freq if t != UNK), key=lambda t: (-freq[t], t))
+        freq = Counter(itertools.chain.from_iterable(sentences))
+        for marker in (BOS, EOS):
+            if marker in freq:
+                i = next(i for i, tokens in enumerate(sentences) if marker in tokens)
+                raise ValueError(f"sentences[{i}] holds the marker {marker!r}: markers are "
+                                 "added by fit, pass the bare tokens")
+        words = [t for t, _ in freq.most_common() if t != UNK]  # ties: first seen first
         self.vocabulary = Vocabulary([BOS, EOS, UNK, *words], sep=" ", unk=UNK)
-        windows = self._windows(sentences)  # (T, n): one row per predicted token
+        windows = self.ngrams_of(sentences)  # (T, n): one row per predicted token
         self.levels = self._count_levels(windows)
         self._set_weights()
         return self
 
-    def _windows(self, sentences) -> torch.Tensor:
-        """(T, order) ids: each predicted token (words and ``</s>``) with its padded history."""
+    def ngrams_of(self, sentences: Sequence[Sequence[str]]) -> torch.Tensor:
+        """(T, order) ids: each predicted token (words and ``</s>``) after its padded history.
+
+        Unknown tokens become ``<unk>``; row t is the context of token t, then token t.
+        """
         n, stoi, unk = self.order, self.vocabulary.stoi, self.vocabulary.stoi[UNK]
-        flat = torch.tensor([stoi.get(t, unk) for s in sentences for t in pad_sentence(s, n)],
-                            dtype=torch.long, device=self.device)
+        start, end = [BOS] * (n - 1), [EOS]  # the padding of lib.corpus.pad_sentence
+        stream = itertools.chain.from_iterable(itertools.chain(start, s, end) for s in sentences)
+        # map runs in C: a Python loop over the tokens would take most of the fit time
+        ids = array.array("q", map(stoi.get, stream, itertools.repeat(unk)))
+        flat = torch.frombuffer(ids, dtype=torch.long).to(self.device, copy=True)
         windows = flat.unfold(0, n, 1)  # every n consecutive ids
         # a window ending at a <s> lies in the padding (or across two sentences): drop it;
         # every other window ends at a predicted token and holds only its own sentence
@@ -416,7 +424,7 @@ class NGramLM:
         if any(not isinstance(t, str) for t in tokens):
             raise TypeError("tokens must hold str tokens")
         self._fitted()
-        return self.ngram_logprobs(self._windows([list(tokens)]))
+        return self.ngram_logprobs(self.ngrams_of([list(tokens)]))
 
     def score_sentence(self, tokens: Sequence[str]) -> float:
         """ln p(tokens, </s>): the sum of the sentence's log-probabilities (eq. ng-chain)."""
@@ -429,7 +437,7 @@ class NGramLM:
         """
         self._fitted()
         check_sentences(sentences)
-        logp = self.ngram_logprobs(self._windows(sentences))
+        logp = self.ngram_logprobs(self.ngrams_of(sentences))
         return math.exp(-float(logp.mean()))
 
     # --------------------------------------------------------------- generation

@@ -553,3 +553,19 @@ BAD = [
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ------------------------------------------------------------------------ benchmark
+
+
+def test_bench_compares_the_same_model_as_nltk(lee_small):
+    from lib.bench import commands
+    from lib.bench.ngram import compare_with_nltk
+
+    assert "ngram" in commands()
+    train, test = lee_small
+    r = compare_with_nltk(train, test, order=3, repeats=2, sample=6, batch=1000)
+    assert r["max_rel_diff"] < 1e-12  # the same probabilities, so the same perplexity
+    assert r["ppl_sample_lib"] == pytest.approx(r["ppl_sample_nltk"], rel=1e-12)
+    assert r["n_sample"] == 6 and r["n_batch"] == 1000
+    assert all(len(r[k]) == 2 and min(r[k]) > 0 for k in ("fit_lib", "fit_nltk", "score_nltk"))
