@@ -24,6 +24,9 @@ import sys
 
 import torch
 
+#: True when PyTorch sees a CUDA device (read once, at import).
+#:
+#: :meta hide-value:
 CUDA = torch.cuda.is_available()
 # Triton decorates its own helpers (tl.max, tl.sum, ...) when it is imported: if it was
 # imported before lib, they were compiled-mode functions and the interpreter cannot run.
@@ -39,8 +42,13 @@ try:
 except ImportError:  # macOS, Windows, or a minimal install
     HAS_TRITON = False
 
+#: True when Triton kernels run through Triton's CPU interpreter (``TRITON_INTERPRET=1``).
+#:
+#: :meta hide-value:
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1" and not _LATE
+#: The values of every ``backend`` argument (see :func:`resolve_backend`).
 BACKENDS = ("auto", "triton", "torch")
+#: The values of ``BOOK_SCALE`` (see :func:`scale`).
 SCALES = ("quick", "full")
 
 _INSTALL_HINT = (

@@ -1,0 +1,126 @@
+"""Sphinx extension: the API reference of ``lib``, one section per module, found at build time.
+
+When Sphinx reads ``book/api.md`` this extension appends, for every public module of
+``lib`` (found with ``pkgutil``; modules whose name starts with ``_`` are private), a
+section with a label and an ``automodule`` directive::
+
+    (api-lib-softmax)=
+    ## `lib.softmax`
+
+    ```{eval-rst}
+    .. automodule:: lib.softmax
+    ```
+
+so a module added to ``lib`` appears without editing the page. Members, their order and
+how type hints are shown are set by ``autodoc_*`` in ``_config.yml``. Chapters link to a
+module's section with ``[API reference](#api-lib-softmax)`` or ``{py:mod}`lib.softmax```.
+The page is re-read on every build, because the modules can change without it.
+
+Two choices of presentation, made here once for every module:
+
+* module constants (``BACKENDS``, ``CORPORA``, ...) are documented even without a
+  docstring, so that ``:data:`BACKENDS``` in a docstring has a target; a constant
+  imported from another module is documented only where it is defined;
+* a constant's value is shown when it fits on one short line (``('auto', 'triton',
+  'torch')``), not when it is a long table whose repr would drown the page.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import inspect
+import pkgutil
+
+from sphinx.ext.autodoc import DataDocumenter, ModuleDocumenter
+from sphinx.util.inspect import object_description
+
+PAGE = "book/api"
+PACKAGE = "lib"
+MAX_VALUE = 60  # characters of a constant's repr shown on the page
+
+
+def public_modules(package: str = PACKAGE) -> list[str]:
+    """``package`` and its modules and subpackages, less those with a ``_`` name part."""
+    root = importlib.import_module(package)
+    found = [package]
+    for info in pkgutil.walk_packages(root.__path__, package + "."):
+        if not any(part.startswith("_") for part in info.name.split(".")[1:]):
+            found.append(info.name)
+    return sorted(found)
+
+
+def label(module: str) -> str:
+    """The page anchor of ``module``'s section: ``lib.softmax`` -> ``api-lib-softmax``."""
+    return "api-" + module.replace(".", "-").replace("_", "-")
+
+
+def module_sections(modules: list[str]) -> str:
+    """MyST source for one section per module: label, heading, automodule."""
+    blocks = []
+    for module in modules:
+        blocks.append(
+            f"({label(module)})=\n## `{module}`\n\n"
+            # autodoc writes reStructuredText, which MyST only parses inside eval-rst
+            f"```{{eval-rst}}\n.. automodule:: {module}\n```\n"
+        )
+    return "\n" + "\n".join(blocks)
+
+
+@functools.cache
+def defined_constants(module: str) -> frozenset[str]:
+    """UPPER_CASE names assigned at the top level of ``module``'s own source."""
+    tree = ast.parse(inspect.getsource(importlib.import_module(module)))
+    names = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return frozenset(n for n in names if n.isupper() and not n.startswith("_"))
+
+
+def keep_constants(app, what, name, obj, skip, options):
+    """autodoc-skip-member: keep a module's own constants, docstring or not."""
+    module = app.env.temp_data.get("autodoc:module")
+    if what == "module" and skip and module and name in defined_constants(module):
+        return False
+    return None  # let autodoc decide
+
+
+class ConstantDocumenter(DataDocumenter):
+    """Module data, with its value shown only when it fits on one short line."""
+
+    @classmethod
+    def can_document_member(cls, member, membername, isattr, parent) -> bool:
+        # autodoc's own rule takes only data with a docstring (isattr); add the constants
+        own = isinstance(parent, ModuleDocumenter) and membername in defined_constants(
+            parent.modname)
+        return own or super().can_document_member(member, membername, isattr, parent)
+
+    def get_doc(self) -> list[list[str]]:
+        # the constant's own doc comment, never the docstring of its type (dict, tuple...)
+        comment = self.get_module_comment(self.objpath[-1])
+        return [comment] if comment else []
+
+    def should_suppress_value_header(self) -> bool:
+        too_long = len(object_description(self.object)) > MAX_VALUE
+        return too_long or super().should_suppress_value_header()
+
+
+def append_modules(app, docname: str, source: list[str]) -> None:
+    if docname == PAGE:
+        source[0] += module_sections(public_modules())
+
+
+def always_reread(app, env, added, changed, removed) -> list[str]:
+    return [PAGE] if PAGE in env.found_docs else []
+
+
+def setup(app):
+    app.setup_extension("sphinx.ext.autodoc")
+    app.add_autodocumenter(ConstantDocumenter, override=True)
+    app.connect("autodoc-skip-member", keep_constants)
+    app.connect("source-read", append_modules)
+    app.connect("env-get-outdated", always_reread)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
