@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from .kernel_spec import KernelSpec
 
 # The lib modules that define aot_specs(): a module with a Triton kernel adds its name.
-KERNEL_MODULES = ("softmax", "loss_scaling", "attention")
+KERNEL_MODULES = ("softmax", "loss_scaling", "attention", "ssm_kernels")
 
 # Per-block shared memory limits (opt-in maximum): H100 227 KiB, A100 163 KiB.
 TARGETS = {"sm_90a": (90, 227 * 1024), "sm_80": (80, 163 * 1024)}

@@ -16,7 +16,7 @@ import importlib
 
 from ..backend import CUDA, HAS_TRITON
 
-TOPICS = ("aot", "softmax", "floating_point", "checkpointing", "attention", "ngram")
+TOPICS = ("aot", "softmax", "floating_point", "checkpointing", "attention", "ngram", "ssm")
 
 
 def gpu_time_ms(fn) -> float:

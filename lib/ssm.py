@@ -1,0 +1,475 @@
+"""State space models: HiPPO, discretisation, the S4/S4D convolution kernel, and Mamba's
+selective scan (its sequential reference, a chunked PyTorch version and the public op).
+
+Chapter 8 (equation numbers refer to it). Gu, Dao, Ermon, Rudra & Ré (2020), "HiPPO";
+Gu, Goel & Ré (2022), "S4"; Gu, Gupta, Goel & Ré (2022), "S4D"; Gu & Dao (2023), "Mamba";
+Blelloch (1990), "Prefix sums and their applications".
+
+The continuous SSM x' = A x + B u, y = C x + D u (eq. 1) is discretised with step dt into
+the recurrence x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k (eq. 8), which unrolls into a causal
+convolution y = K * u with K_l = C Ā^l B̄ (eq. 9). Sign convention: the HiPPO matrices are
+returned for x' = A x + B u (eigenvalues with negative real parts), i.e. the negative of
+the paper's A, as in the S4 code.
+
+Selective scan (Mamba, eqs. 12 to 14): Δ, B and C depend on the time step, so there is no
+convolution; the recurrence is a scan with the associative combine of eq. 15.
+
+Module layout: HiPPO matrices -> discretisation -> kernels, recurrence and convolution ->
+online function approximation -> selective scan (reference, chunked, validation, public).
+The Triton kernels of the selective scan live in :mod:`lib.ssm_kernels`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .backend import resolve_backend
+from .validate import (
+    FLOAT_DTYPES,
+    check_bool,
+    check_choice,
+    check_positive_int,
+    check_real,
+    check_same,
+    check_tensor,
+)
+
+MEASURES = ("legs", "legt")
+DISCRETIZATIONS = ("bilinear", "zoh", "euler")
+
+# ------------------------------------------------------------------------------ HiPPO
+
+
+def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """HiPPO-LegS (scaled Legendre, eq. 6): A (N, N), B (N,) in float64.
+
+    The coefficients of the history on [0, t] follow x' = (1/t) (A x + B f(t)), with
+    A_nk = -sqrt(2n+1) sqrt(2k+1) for n > k, -(n+1) for n = k, 0 for n < k; B_n = sqrt(2n+1).
+    """
+    check_positive_int(N, "N")
+    r = torch.sqrt(2 * torch.arange(N, dtype=torch.float64) + 1)
+    A = -torch.tril(r[:, None] * r[None, :], diagonal=-1)
+    A -= torch.diag(torch.arange(N, dtype=torch.float64) + 1)
+    return A, r.clone()
+
+
+def hippo_legt(N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """HiPPO-LegT (translated Legendre, window 1, eq. 5): A (N, N), B (N,) in float64.
+
+    The coefficients of the last unit of time follow x' = A x + B f(t), with
+    A_nk = -sqrt(2n+1) sqrt(2k+1) times 1 for n >= k and (-1)^(n-k) for n < k;
+    B_n = sqrt(2n+1). For a window of length theta, use A / theta and B / theta.
+    """
+    check_positive_int(N, "N")
+    n = torch.arange(N, dtype=torch.float64)
+    r = torch.sqrt(2 * n + 1)
+    sign = torch.where(n[:, None] >= n[None, :], 1.0, (-1.0) ** (n[:, None] - n[None, :]))
+    return -r[:, None] * sign * r[None, :], r.clone()
+
+
+# ------------------------------------------------------------------------- discretisation
+
+
+def _check_system(A, B, name_a="A", name_b="B"):
+    check_tensor(A, name_a, ndim=(1, 2))
+    check_tensor(B, name_b, ndim=1)
+    n = A.shape[-1]
+    if A.dim() == 2 and A.shape[0] != n:
+        raise ValueError(f"{name_a} must be square (N, N) or diagonal (N,), got {tuple(A.shape)}")
+    if B.shape[0] != n:
+        raise ValueError(f"{name_b} must have shape ({n},) to match {name_a}, got "
+                         f"{tuple(B.shape)}")
+    if n == 0:
+        raise ValueError(f"{name_a} must have at least one state, got shape {tuple(A.shape)}")
+    check_same("device", **{name_a: A, name_b: B})
+    return n
+
+
+def discretize(A: torch.Tensor, B: torch.Tensor, dt: float, method: str = "bilinear"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Ā, B̄) of x' = A x + B u for a step ``dt`` (eqs. 2 to 4).
+
+    A: (N, N), or (N,) for a diagonal A (real or complex); B: (N,). Returns Ā and B̄ of the
+    shapes of A and B. ``"euler"``: Ā = I + dt A, B̄ = dt B. ``"bilinear"``:
+    Ā = (I - dt/2 A)^-1 (I + dt/2 A), B̄ = (I - dt/2 A)^-1 dt B. ``"zoh"`` (zero-order hold,
+    exact for an input constant over each step): Ā = exp(dt A), B̄ = int_0^dt exp(s A) ds B,
+    computed as a block of expm([[A, B], [0, 0]] dt), which needs no inverse of A.
+    """
+    n = _check_system(A, B)
+    dt = check_real(dt, "dt", minimum=0.0, strict=True)
+    check_choice(method, "method", DISCRETIZATIONS)
+    dtype = torch.promote_types(A.dtype, B.dtype)
+    A, B = A.to(dtype), B.to(dtype)
+    if A.dim() == 1:  # diagonal: every formula holds entry by entry
+        if method == "euler":
+            return 1 + dt * A, dt * B
+        if method == "bilinear":
+            return (1 + dt / 2 * A) / (1 - dt / 2 * A), dt * B / (1 - dt / 2 * A)
+        zero = A == 0  # (exp(dt a) - 1) / a -> dt as a -> 0
+        scale = torch.where(zero, dt, torch.expm1(dt * A) / torch.where(zero, 1, A))
+        return torch.exp(dt * A), scale * B
+    eye = torch.eye(n, dtype=dtype, device=A.device)
+    if method == "euler":
+        return eye + dt * A, dt * B
+    if method == "bilinear":
+        left = eye - dt / 2 * A
+        return torch.linalg.solve(left, eye + dt / 2 * A), torch.linalg.solve(left, dt * B)
+    block = torch.zeros(n + 1, n + 1, dtype=dtype, device=A.device)
+    block[:n, :n], block[:n, n] = A, B
+    expm = torch.linalg.matrix_exp(dt * block)
+    return expm[:n, :n], expm[:n, n]
+
+
+# -------------------------------------------------------- kernel, recurrence, convolution
+
+
+def vandermonde(A_bar: torch.Tensor, L: int) -> torch.Tensor:
+    """V_nl = Ā_n^l for l = 0 .. L-1: (..., N) -> (..., N, L) (eq. 10).
+
+    A complex Ā is raised in polar form, |Ā|^l e^(i l arg Ā): one real exp and one
+    cos/sin pair per entry, several times faster on a CPU than a complex power.
+    """
+    l = torch.arange(L, device=A_bar.device, dtype=A_bar.real.dtype)
+    if not A_bar.is_complex():
+        return A_bar[..., None] ** l
+    log_a = torch.log(A_bar)[..., None]
+    # l = 0 gives 1 even where Ā = 0 (log = -inf)
+    magnitude = torch.exp(torch.where(l > 0, log_a.real * l, 0.0))
+    return torch.polar(magnitude, log_a.imag * l)
+
+
+def ssm_kernel(A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, L: int,
+               method: str = "vandermonde") -> torch.Tensor:
+    """The convolution kernel K_l = C Ā^l B̄ for l = 0 .. L-1 (eq. 9).
+
+    ``"naive"``: Ā (N, N), or (N,) read as diag(Ā); builds the matrix powers Ā^l one product
+    at a time, O(L N^3) and sequential (the definition read literally). ``"vandermonde"``:
+    diagonal Ā of shape (..., N) with B̄, C of the same shape; K = (C o B̄) V with the
+    Vandermonde matrix V_nl = Ā_n^l (eq. 10), O(L N) and one batched product; returns
+    (..., L). A complex system gives the real part (for conjugate pairs, pass one of each
+    pair and twice C, as S4D does).
+    """
+    check_positive_int(L, "L")
+    check_choice(method, "method", ("naive", "vandermonde"))
+    if method == "vandermonde":
+        for name, t in (("A_bar", A_bar), ("B_bar", B_bar), ("C", C)):
+            check_tensor(t, name, min_ndim=1)
+        if not A_bar.shape == B_bar.shape == C.shape:
+            raise ValueError("vandermonde needs diagonal A_bar and B_bar, C of one shape "
+                             f"(..., N), got {tuple(A_bar.shape)}, {tuple(B_bar.shape)}, "
+                             f"{tuple(C.shape)}")
+        K = ((C * B_bar)[..., None, :] @ vandermonde(A_bar, L))[..., 0, :]
+        return K.real if K.is_complex() else K
+    _check_system(A_bar, B_bar, "A_bar", "B_bar")
+    check_tensor(C, "C", ndim=1)
+    if C.shape != B_bar.shape:
+        raise ValueError(f"C must have shape {tuple(B_bar.shape)}, got {tuple(C.shape)}")
+    A_mat = torch.diag(A_bar) if A_bar.dim() == 1 else A_bar
+    power = torch.eye(A_mat.shape[0], dtype=A_mat.dtype, device=A_mat.device)
+    K = []
+    for _ in range(L):
+        K.append(C @ power @ B_bar)
+        power = A_mat @ power  # Ā^(l+1)
+    K = torch.stack(K)
+    return K.real if K.is_complex() else K
+
+
+def ssm_recurrent(A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor,
+                  u: torch.Tensor) -> torch.Tensor:
+    """Run x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k from x_{-1} = 0 (eq. 8), one step at a time.
+
+    Ā: (N, N) or diagonal (N,); B̄, C: (N,); u: (..., L) real. Returns y (..., L) (the real
+    part for a complex system).
+    """
+    _check_system(A_bar, B_bar, "A_bar", "B_bar")
+    check_tensor(C, "C", ndim=1)
+    check_tensor(u, "u", min_ndim=1)
+    if C.shape != B_bar.shape:
+        raise ValueError(f"C must have shape {tuple(B_bar.shape)}, got {tuple(C.shape)}")
+    dtype = torch.promote_types(torch.promote_types(A_bar.dtype, B_bar.dtype), u.dtype)
+    x = torch.zeros(*u.shape[:-1], A_bar.shape[-1], dtype=dtype, device=u.device)
+    ys = []
+    for k in range(u.shape[-1]):
+        x = (x * A_bar if A_bar.dim() == 1 else x @ A_bar.T) + B_bar * u[..., k, None]
+        ys.append(x @ C.to(dtype))
+    y = torch.stack(ys, dim=-1)
+    return y.real if y.is_complex() else y
+
+
+def ssm_convolve(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Causal convolution y_k = sum_{l <= k} K_l u_{k-l} (eq. 9) by FFT, O(L log L).
+
+    u: (..., L), K: (..., L) broadcastable against u (real). Both are zero-padded to 2L so
+    that the FFT's circular convolution does not wrap the end of u onto its start.
+    """
+    check_tensor(u, "u", min_ndim=1)
+    check_tensor(K, "K", min_ndim=1)
+    L = u.shape[-1]
+    if K.shape[-1] != L:
+        raise ValueError(f"K must have length L = {L} in its last dim, got {K.shape[-1]}")
+    n = 2 * L
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(K, n=n), n=n)
+    return y[..., :L]
+
+
+# ------------------------------------------------------------ online function approximation
+
+
+def legendre(N: int, x: torch.Tensor) -> torch.Tensor:
+    """Scaled Legendre polynomials sqrt(2n+1) P_n(x) for n < N: (N, *x.shape).
+
+    Bonnet's recurrence (n+1) P_{n+1} = (2n+1) x P_n - n P_{n-1}; the sqrt(2n+1) makes them
+    orthonormal for the uniform probability measure on [-1, 1].
+    """
+    check_positive_int(N, "N")
+    P = [torch.ones_like(x), x]
+    for n in range(1, N - 1):
+        P.append(((2 * n + 1) * x * P[n] - n * P[n - 1]) / (n + 1))
+    scale = torch.sqrt(2 * torch.arange(N, dtype=x.dtype, device=x.device) + 1)
+    return torch.stack(P[:N]) * scale.view(-1, *([1] * x.dim()))
+
+
+def hippo_coefficients(signal: torch.Tensor, N: int, measure: str = "legs",
+                       theta: float | None = None) -> torch.Tensor:
+    """Online HiPPO coefficients of a sampled signal: (L, N) float64, row k after sample k.
+
+    The signal is held constant over each unit step (sample j on (j, j+1]) and each step is
+    solved exactly (zero-order hold). ``"legt"``: window of ``theta`` samples (default L),
+    x' = (A x + B f) / theta. ``"legs"``: the whole history, x' = (A x + B f) / t; in
+    log-time tau = log t this is time-invariant, so step k is a ZOH step of length
+    log(k / (k - 1)) (the first step, of infinite length, lands on B f's equilibrium
+    -A^-1 B f = (f, 0, ..., 0)): row k is exactly the projection of the history.
+    """
+    check_tensor(signal, "signal", ndim=1)
+    check_positive_int(N, "N")
+    check_choice(measure, "measure", MEASURES)
+    L = signal.shape[0]
+    if L == 0:
+        raise ValueError("signal must have at least one sample")
+    f = signal.to(torch.float64)
+    x = torch.zeros(N, dtype=torch.float64, device=signal.device)
+    rows = []
+    if measure == "legt":
+        theta = float(L) if theta is None else check_real(theta, "theta", minimum=0, strict=True)
+        A_bar, B_bar = discretize(*hippo_legt(N), 1.0 / theta, "zoh")
+        A_bar, B_bar = A_bar.to(x.device), B_bar.to(x.device)
+        for k in range(L):
+            x = A_bar @ x + B_bar * f[k]
+            rows.append(x)
+        return torch.stack(rows)
+    A, B = (t.to(x.device) for t in hippo_legs(N))
+    block = torch.zeros(L - 1, N + 1, N + 1, dtype=torch.float64, device=x.device)
+    block[:, :N, :N], block[:, :N, N] = A, B
+    steps = torch.log(torch.arange(2, L + 1, dtype=torch.float64) / torch.arange(1, L))
+    expm = torch.linalg.matrix_exp(steps.to(x.device)[:, None, None] * block)  # (L-1, N+1, N+1)
+    x = -torch.linalg.solve(A, B) * f[0]
+    rows.append(x)
+    for k in range(1, L):
+        x = expm[k - 1, :N, :N] @ x + expm[k - 1, :N, N] * f[k]
+        rows.append(x)
+    return torch.stack(rows)
+
+
+def hippo_reconstruct(signal: torch.Tensor, N: int, measure: str = "legs",
+                      t: int | None = None, theta: float | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the HiPPO state remembers at step t (default L): (positions, reconstruction).
+
+    Evaluates f(s) ~ sum_n c_n sqrt(2n+1) P_n(x(s)) (eq. 7) at the sample midpoints
+    s = j + 1/2 of the window the measure covers: the whole history [0, t] for LegS
+    (x = 2s/t - 1), the last theta samples for LegT (x = 2(s - t)/theta + 1). Returns the
+    sample indices j (long) and the reconstructed values (float64).
+    """
+    coefs = hippo_coefficients(signal, N, measure, theta)
+    L = signal.shape[0]
+    t = L if t is None else t
+    check_positive_int(t, "t")
+    if t > L:
+        raise ValueError(f"t must be at most the signal length {L}, got {t}")
+    if measure == "legs":
+        j = torch.arange(t, device=signal.device)
+        x = 2 * (j + 0.5) / t - 1
+    else:
+        theta = float(L) if theta is None else float(theta)
+        j = torch.arange(max(0, math.ceil(t - theta)), t, device=signal.device)
+        x = 2 * (j + 0.5 - t) / theta + 1
+    values = coefs[t - 1] @ legendre(N, x.to(torch.float64))
+    return j, values
+
+
+# ------------------------------------------------------------ selective scan: reference
+
+
+def _scan_dtype(*tensors) -> torch.dtype:
+    """fp32 state (as Mamba), or float64 when any input is float64 (for exact checks)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64
+                                for t in tensors) else torch.float32
+
+
+def _step_sizes(delta, delta_bias, delta_softplus, dtype):
+    """Δ = softplus(delta + delta_bias) (eq. 12), in ``dtype``."""
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    return F.softplus(dt) if delta_softplus else dt
+
+
+def _gate(y, u, D, z, dtype):
+    """y + D u, times silu(z) (eq. 13)."""
+    if D is not None:
+        y = y + u.to(dtype) * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                             delta_softplus=False, return_last_state=False):
+    """The selective scan, one time step after the other: the spec (eqs. 12 to 14).
+
+    u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L); D, delta_bias: (dim,).
+    Semantics of Mamba's ``selective_scan_ref``: the state is fp32 (float64 if an input
+    is), the output has u's dtype; with ``return_last_state`` also the state after the last
+    step, (batch, dim, N). Differentiable through autograd. Inputs are not validated here
+    (see :func:`selective_scan`).
+    """
+    dtype = _scan_dtype(u, delta, A, B, C, D, z, delta_bias)
+    dt = _step_sizes(delta, delta_bias, delta_softplus, dtype)  # (batch, dim, L)
+    A, B, C = A.to(dtype), B.to(dtype), C.to(dtype)
+    a = torch.exp(torch.einsum("bdl,dn->bdln", dt, A))  # Ā_l = exp(Δ_l A)
+    b = torch.einsum("bdl,bnl,bdl->bdln", dt, B, u.to(dtype))  # B̄_l u_l = Δ_l B_l u_l
+    x = torch.zeros(u.shape[0], A.shape[0], A.shape[1], dtype=dtype, device=u.device)
+    ys = []
+    for l in range(u.shape[2]):
+        x = a[:, :, l] * x + b[:, :, l]  # eq. 14
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, l]))
+    out = _gate(torch.stack(ys, dim=2), u, D, z, dtype).to(u.dtype)
+    return (out, x) if return_last_state else out
+
+
+# ------------------------------------------------------------- selective scan: chunked
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                           delta_softplus=False, return_last_state=False, chunk=None):
+    """The selective scan by Blelloch's two-level scheme, vectorised in PyTorch.
+
+    The same arguments and results as :func:`selective_scan_reference`. The L steps are
+    cut into chunks of ``chunk`` steps (default: the power of two nearest sqrt(L)), and
+    (1) every chunk is scanned at once, one position after the other, from a zero state,
+    keeping only its total (the pair of eq. 15 for the whole chunk); (2) the totals are
+    combined one chunk after the other, giving the state entering each chunk; (3) every
+    chunk is scanned at once again from that state, reading out y = C x. That is about
+    2 chunk + L/chunk Python steps instead of L, each on a larger tensor, and the
+    (batch, dim, L, N) states are never stored.
+    """
+    dtype = _scan_dtype(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    T = chunk or 2 ** round(math.log2(math.sqrt(L)))
+    n_chunks = -(-L // T)
+    pad = n_chunks * T - L  # past L: Δ = 0, so a = 1 and b = 0 carry the state unchanged
+
+    def by_position(t):  # (batch, X, L) -> (T, batch, X, n_chunks): position in chunk first
+        t = F.pad(t, (0, pad)).view(t.shape[0], t.shape[1], n_chunks, T)
+        return t.permute(3, 0, 1, 2).contiguous()
+
+    dt = by_position(_step_sizes(delta, delta_bias, delta_softplus, dtype))  # (T, b, d, c)
+    dtu = dt * by_position(u.to(dtype))
+    Bt = by_position(B.to(dtype)).transpose(2, 3)[:, :, None]  # (T, b, 1, c, N)
+    Ct = by_position(C.to(dtype)).transpose(2, 3)[:, :, None]
+    A = A.to(dtype)[:, None, :]  # (dim, 1, N)
+    # one position of every chunk at a time: (batch, dim, n_chunks, N) slabs stay in cache;
+    # unbind once, as indexing in a loop would make autograd build a full tensor per index
+    dt_t, dtu_t, B_t, C_t = (t.unbind(0) for t in (dt, dtu, Bt, Ct))
+    a = lambda t: torch.exp(dt_t[t][..., None] * A)  # noqa: E731  Ā = exp(Δ A)
+    b = lambda t: dtu_t[t][..., None] * B_t[t]  # noqa: E731  B̄ u = Δ B u
+    # (1) every chunk at once, from a zero state: its total (A_c, B_c), x_out = A_c x_in + B_c
+    b_tot = b(0)
+    for t in range(1, T):
+        b_tot = a(t) * b_tot + b(t)
+    a_tot = torch.exp(dt.sum(0)[..., None] * A)  # (batch, dim, n_chunks, N)
+    # (2) the state entering each chunk, one chunk after the other (eq. 15 on the totals)
+    x_in = [torch.zeros(batch, dim, N, dtype=dtype, device=u.device)]
+    for c in range(n_chunks - 1):
+        x_in.append(a_tot[:, :, c] * x_in[-1] + b_tot[:, :, c])
+    x = torch.stack(x_in, dim=2)  # (batch, dim, n_chunks, N)
+    # (3) every chunk at once again, now from its true initial state, reading out y = C x
+    ys = []
+    for t in range(T):
+        x = a(t) * x + b(t)
+        ys.append((x * C_t[t]).sum(-1))  # (batch, dim, n_chunks)
+    y = torch.stack(ys, dim=-1).reshape(batch, dim, n_chunks * T)[:, :, :L]
+    out = _gate(y, u, D, z, dtype).to(u.dtype)
+    return (out, x[:, :, -1]) if return_last_state else out
+
+
+# ---------------------------------------------------------- selective scan: public op
+
+
+def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                       return_last_state):
+    """Validate the selective-scan arguments (shapes, dtypes, devices, A <= 0)."""
+    dtypes = FLOAT_DTYPES + (torch.float64,)
+    check_tensor(u, "u", ndim=3, dtypes=dtypes)
+    batch, dim, L = u.shape
+    if u.numel() == 0:
+        raise ValueError(f"u must not be empty, got shape {tuple(u.shape)}")
+    check_tensor(A, "A", ndim=2, dtypes=dtypes)
+    if A.shape[0] != dim or A.shape[1] == 0:
+        raise ValueError(f"A must have shape (dim, N) = ({dim}, N >= 1), got {tuple(A.shape)}")
+    N = A.shape[1]
+    shapes = {"delta": (batch, dim, L), "B": (batch, N, L), "C": (batch, N, L)}
+    optional = {"D": (D, (dim,)), "z": (z, (batch, dim, L)), "delta_bias": (delta_bias, (dim,))}
+    named = {"u": u, "A": A}
+    for name, (t, shape) in [*((n, (t, shapes[n])) for n, t in
+                               (("delta", delta), ("B", B), ("C", C))), *optional.items()]:
+        if t is None and name in optional:
+            continue
+        check_tensor(t, name, dtypes=dtypes)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} to match u {tuple(u.shape)} and "
+                             f"A {tuple(A.shape)}, got {tuple(t.shape)}")
+        named[name] = t
+    check_same("device", **named)
+    check_same("dtype", **{k: named[k] for k in ("u", "delta", "z") if k in named})
+    check_bool(delta_softplus, "delta_softplus")
+    check_bool(return_last_state, "return_last_state")
+    # exp(Δ A) > 1 would grow the state exponentially: Mamba keeps A = -exp(A_log) < 0
+    if not bool(torch.isfinite(A).all()) or bool((A > 0).any()):
+        raise ValueError("A must be finite with no positive entry (the state would grow as "
+                         "exp(Δ A) > 1 per step); parameterise it as A = -exp(A_log)")
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend="auto"):
+    """Mamba's selective scan (eqs. 12 to 14), differentiable on every backend.
+
+    u, delta, z: (batch, dim, L), one float dtype; A: (dim, N) with no positive entry;
+    B, C: (batch, N, L); D, delta_bias: (dim,); any of fp32, fp16, bf16 (float64 on the
+    "torch" backend). Δ = softplus(delta + delta_bias) if ``delta_softplus`` (eq. 12),
+    x_l = exp(Δ_l A) x_{l-1} + Δ_l B_l u_l (eq. 14), out = (C_l x_l + D u_l) silu(z_l)
+    (eq. 13), with an fp32 state; out has u's dtype. With ``return_last_state`` also the
+    last state (batch, dim, N) fp32 (its gradient is used, unlike Mamba's).
+
+    backend: ``"auto"`` (Triton on CUDA, else PyTorch), ``"triton"`` (the kernels of
+    :mod:`lib.ssm_kernels`; Triton's interpreter on CPU; N <= 256) or ``"torch"``
+    (:func:`selective_scan_chunked`).
+    """
+    _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    args = (u, delta, A, B, C, D, z, delta_bias)
+    if resolve_backend(backend, u) == "torch":
+        return selective_scan_chunked(*args, delta_softplus, return_last_state)
+    from .ssm_kernels import MAX_STATE, SelectiveScanFn
+
+    if A.shape[1] > MAX_STATE:
+        raise ValueError(f"backend='triton' supports N <= {MAX_STATE}, got A with N = "
+                         f"{A.shape[1]}; use backend='torch'")
+    if any(t is not None and t.dtype == torch.float64 for t in args):
+        raise TypeError("backend='triton' takes fp32, fp16 or bf16 inputs, not float64")
+    args = tuple(t.contiguous() if t is not None else None for t in args)
+    out, last = SelectiveScanFn.apply(*args, delta_softplus)
+    return (out, last) if return_last_state else out
