@@ -27,12 +27,18 @@ Sentences (chapters 4 and 5): :func:`sentences` splits a text into word-tokenise
 sentences, :func:`replace_unknown` maps the words a vocabulary does not know (for
 instance those below a minimum count, see :meth:`Vocabulary.from_tokens`) to ``<unk>``,
 and :func:`pad_sentence` adds the ``<s>`` and ``</s>`` markers an n-gram model needs.
+
+Synthetic text with a known answer (chapter 5): :func:`planted_corpus` draws sentences
+from a small grammar (:data:`PLANTED_GRAMMAR`) whose words fall into planted classes
+(:data:`PLANTED_CLASSES`: animals, people, foods, tools, places, three kinds of verbs), so
+that word embeddings can be scored against the classes.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import itertools
+import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import check_callable, check_int, check_tensor
+from .validate import check_callable, check_int, check_real, check_tensor
 
 # ------------------------------------------------------------------ named corpora
 
@@ -299,3 +305,74 @@ def train_val_split(tokens: torch.Tensor, val_fraction: float = 0.1):
         raise ValueError(f"tokens must hold at least 2 tokens to split, got {n}")
     n_val = min(max(1, round(n * val_fraction)), n - 1)
     return tokens[: n - n_val], tokens[n - n_val :]
+
+
+# ------------------------------------------------- a synthetic corpus with planted classes
+
+#: Word classes of :func:`planted_corpus`, each word list in decreasing order of frequency.
+PLANTED_CLASSES: dict[str, tuple[str, ...]] = {
+    "animal": ("cat", "dog", "horse", "cow", "sheep", "goat", "pig", "mouse", "rabbit", "fox"),
+    "person": ("farmer", "baker", "smith", "cook", "teacher", "doctor", "miller", "tailor",
+               "sailor", "potter"),
+    "food": ("bread", "apple", "cheese", "rice", "soup", "cake", "carrot", "bean", "egg", "pie"),
+    "tool": ("hammer", "saw", "drill", "knife", "spade", "rake", "axe", "wrench", "chisel",
+             "brush"),
+    "place": ("garden", "kitchen", "barn", "field", "forest", "river", "market", "village",
+              "hill", "yard"),
+    "eating verb": ("eats", "chews", "bites", "tastes", "swallows", "nibbles", "licks",
+                    "munches", "gobbles", "sniffs"),
+    "handling verb": ("holds", "uses", "grabs", "cleans", "carries", "sharpens", "mends",
+                      "drops", "lifts", "polishes"),
+    "motion verb": ("walks", "runs", "goes", "hurries", "wanders", "strolls", "climbs",
+                    "returns", "travels", "marches"),
+}
+
+#: The grammar of :func:`planted_corpus`: a slot named after a class takes one of its words,
+#: any other slot is a literal function word. Subjects share verbs (animals and people both
+#: eat and move), objects share determiners and prepositions, so classes overlap in context.
+PLANTED_GRAMMAR: tuple[tuple[str, ...], ...] = (
+    ("the", "animal", "eating verb", "the", "food"),
+    ("a", "person", "eating verb", "a", "food"),
+    ("the", "person", "handling verb", "a", "tool"),
+    ("the", "animal", "motion verb", "to", "the", "place"),
+    ("a", "person", "motion verb", "to", "the", "place", "with", "a", "tool"),
+    ("the", "food", "is", "in", "the", "place"),
+    ("a", "tool", "is", "in", "the", "place"),
+)
+
+
+@dataclass(frozen=True)
+class PlantedCorpus:
+    """Sentences drawn from :data:`PLANTED_GRAMMAR`, and the classes planted in them.
+
+    ``labels`` maps each class word to its class; function words have no label.
+    """
+
+    sentences: list[list[str]]
+    classes: dict[str, tuple[str, ...]]
+    labels: dict[str, str]
+
+
+def planted_corpus(n_sentences: int, *, zipf: float = 1.0, seed: int = 0) -> PlantedCorpus:
+    """``n_sentences`` sentences of a small grammar with planted word classes (chapter 5).
+
+    Each sentence picks a template of :data:`PLANTED_GRAMMAR` uniformly and fills every
+    class slot with a word of :data:`PLANTED_CLASSES`, the word of rank ``r`` (0-based)
+    with probability proportional to ``1 / (r + 1) ** zipf``: frequencies inside a class
+    follow Zipf's law as in real text (``zipf=0``: uniform). Nothing but the class decides
+    which contexts a word can appear in, so the class is the ground truth that an
+    embedding's nearest neighbours can be scored against. Deterministic for a ``seed``.
+    """
+    check_int(n_sentences, "n_sentences", minimum=1)
+    zipf = check_real(zipf, "zipf", minimum=0.0)
+    check_int(seed, "seed", minimum=0)
+    rng = random.Random(seed)
+    cum_weights = {c: list(itertools.accumulate(1.0 / (r + 1) ** zipf for r in range(len(ws))))
+                   for c, ws in PLANTED_CLASSES.items()}
+    sentences = []
+    for _ in range(n_sentences):
+        template = PLANTED_GRAMMAR[rng.randrange(len(PLANTED_GRAMMAR))]
+        sentences.append([rng.choices(PLANTED_CLASSES[slot], cum_weights=cum_weights[slot])[0]
+                          if slot in PLANTED_CLASSES else slot for slot in template])
+    labels = {w: c for c, ws in PLANTED_CLASSES.items() for w in ws}
+    return PlantedCorpus(sentences, dict(PLANTED_CLASSES), labels)

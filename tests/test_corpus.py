@@ -230,3 +230,63 @@ def test_sentence_helpers_bad_input(call, error, match):
     vocab = Vocabulary.from_tokens(["a", "a"], min_count=1)
     with pytest.raises(error, match=match):
         call(vocab) if call.__code__.co_argcount else call()
+
+
+# ------------------------------------------------------------- planted-class corpus
+
+
+def test_planted_corpus_follows_its_grammar():
+    from lib.corpus import PLANTED_CLASSES, PLANTED_GRAMMAR, planted_corpus
+
+    pc = planted_corpus(2000, seed=1)
+    assert len(pc.sentences) == 2000
+    assert pc.labels == {w: c for c, ws in PLANTED_CLASSES.items() for w in ws}
+    used = set()
+    for sentence in pc.sentences:  # every sentence is one template with its slots filled
+        fits = [t for t in PLANTED_GRAMMAR if len(t) == len(sentence) and all(
+            (pc.labels.get(w) == slot) if slot in PLANTED_CLASSES else w == slot
+            for w, slot in zip(sentence, t, strict=True))]
+        assert len(fits) == 1, sentence
+        used.add(fits[0])
+    assert used == set(PLANTED_GRAMMAR)
+    assert len(pc.labels) == sum(len(ws) for ws in PLANTED_CLASSES.values())  # no overlaps
+
+
+def test_planted_corpus_is_deterministic():
+    from lib.corpus import planted_corpus
+
+    assert planted_corpus(50, seed=7).sentences == planted_corpus(50, seed=7).sentences
+    assert planted_corpus(50, seed=7).sentences != planted_corpus(50, seed=8).sentences
+
+
+@pytest.mark.parametrize("zipf", [0.0, 1.0, 2.0])
+def test_planted_corpus_word_frequencies_follow_zipf(zipf):
+    from lib.corpus import PLANTED_CLASSES, planted_corpus
+
+    counts = Counter(w for s in planted_corpus(20000, zipf=zipf, seed=0).sentences for w in s)
+    weights = torch.tensor([1.0 / (r + 1) ** zipf for r in range(10)])
+    for words_ in PLANTED_CLASSES.values():
+        observed = torch.tensor([counts[w] for w in words_], dtype=torch.float64)
+        n = observed.sum()
+        p = (weights / weights.sum()).double()
+        sigma = (n * p * (1 - p)).sqrt()  # binomial spread of each count
+        assert ((observed - n * p).abs() < 5 * sigma).all(), (words_, observed)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"n_sentences": 0}, ValueError, "n_sentences must be at least 1"),
+        ({"n_sentences": 2.5}, TypeError, "n_sentences must be an int"),
+        ({"n_sentences": "10"}, TypeError, "n_sentences must be an int"),
+        ({"n_sentences": 10, "zipf": -1.0}, ValueError, "zipf must be at least 0"),
+        ({"n_sentences": 10, "zipf": float("nan")}, ValueError, "zipf must be finite"),
+        ({"n_sentences": 10, "seed": -1}, ValueError, "seed must be at least 0"),
+        ({"n_sentences": 10, "seed": None}, TypeError, "seed must be an int"),
+    ],
+)
+def test_planted_corpus_bad_input(kwargs, error, match):
+    from lib.corpus import planted_corpus
+
+    with pytest.raises(error, match=match):
+        planted_corpus(**kwargs)
