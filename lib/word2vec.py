@@ -1,0 +1,542 @@
+"""Word embeddings: skip-gram with negative sampling (word2vec), and the PPMI + SVD baseline.
+
+Chapter 5 derives what is here; equation numbers refer to it. The module reads top down:
+
+* counting: :class:`Vocab` (words kept by ``min_count``, most frequent first, with their
+  counts), :func:`keep_probability` (subsampling of frequent words, eq. 10),
+  :func:`noise_distribution` (the unigram^0.75 noise, eq. 5) and :class:`NoiseSampler`;
+* pairs: :func:`skipgram_pairs` makes every (input, output) pair of a stretch of text with
+  tensor ops on its device, dynamic window included (eqs. 2 and 11);
+* the model: :class:`SkipGramNS` holds the input vectors ``W`` and output vectors ``C``;
+  ``forward`` is the loss of eq. 4 for autograd, ``sgd_step`` applies eq. 6 by hand,
+  touching only the rows in the batch, as word2vec does;
+* :func:`train_word2vec` runs epochs of subsampling, pair generation, negative sampling and
+  SGD on the device, with the learning rate decaying linearly like word2vec's and gensim's;
+* :class:`WordVectors` answers ``most_similar`` and ``analogy`` (3CosAdd) queries;
+  :func:`neighbour_purity` and :func:`word_pair_spearman` score embeddings against planted
+  classes and human judgements (:func:`wordsim353`);
+* :func:`cooccurrence`, :func:`ppmi` and :func:`ppmi_svd`: the count-based baseline
+  (Levy & Goldberg 2014) that SGNS implicitly approximates (eqs. 7-9).
+
+The data flow follows word2vec.c and gensim: the *context* word of a pair is the input
+(a row of ``W``), the *centre* word is the output to predict (a row of ``C``), and the
+negatives replace the centre word.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .corpus import check_sentences, package_text
+from .validate import check_bool, check_int, check_long_tensor, check_real, check_tensor
+
+Sentences = Sequence[Sequence[str]]
+
+# ----------------------------------------------------------------------- counting
+
+
+class Vocab:
+    """Words seen ``min_count`` times or more, most frequent first (ties alphabetical).
+
+    ``itos`` lists the words, ``stoi`` maps a word to its id, ``counts`` (V,) int64 holds
+    how often each occurs in the text it was built from. Rarer words are dropped, as
+    word2vec and gensim drop them: they are not mapped to an ``<unk>``.
+    """
+
+    def __init__(self, counts: Mapping[str, int], min_count: int = 1):
+        check_int(min_count, "min_count", minimum=1)
+        kept = sorted(((w, c) for w, c in counts.items() if c >= min_count),
+                      key=lambda wc: (-wc[1], wc[0]))
+        if not kept:
+            raise ValueError(f"corpus has no word that occurs min_count={min_count} times")
+        self.itos: list[str] = [w for w, _ in kept]
+        self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
+        self.counts = torch.tensor([c for _, c in kept], dtype=torch.long)
+
+    @classmethod
+    def from_sentences(cls, sentences: Sentences, min_count: int = 1) -> Vocab:
+        """Count the words of ``sentences`` (lists of str) and keep the frequent ones."""
+        check_sentences(sentences, "corpus")
+        return cls(Counter(w for s in sentences for w in s), min_count)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, word) -> bool:
+        return word in self.stoi
+
+    def __repr__(self) -> str:
+        return f"Vocab(size={len(self)}, words={int(self.counts.sum())})"
+
+    def index(self, word: str, name: str = "word") -> int:
+        """The id of ``word``; ``ValueError`` naming ``name`` when it is not in the vocabulary."""
+        if not isinstance(word, str):
+            raise TypeError(f"{name} must be a str, got {type(word).__name__}")
+        if word not in self.stoi:
+            raise ValueError(f"{name}={word!r} is not in the vocabulary")
+        return self.stoi[word]
+
+    def encode_sentences(self, sentences: Sentences) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids of the known words of ``sentences``, flattened, and the sentence of each.
+
+        Returns ``ids`` (N,) and ``sentence`` (N,), both int64. Unknown words are dropped
+        before windows are taken, as gensim does, so a window reaches past them.
+        """
+        check_sentences(sentences, "corpus")
+        ids, sentence = [], []
+        for k, s in enumerate(sentences):
+            known = [self.stoi[w] for w in s if w in self.stoi]
+            ids += known
+            sentence += [k] * len(known)
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(sentence, dtype=torch.long)
+
+
+def _check_counts(counts) -> torch.Tensor:
+    check_tensor(counts, "counts", ndim=1)
+    if counts.dtype == torch.bool or counts.is_complex():
+        raise TypeError(f"counts must hold integers or reals, got {counts.dtype}")
+    if counts.numel() == 0:
+        raise ValueError("counts must not be empty")
+    c = counts.double()
+    if not torch.isfinite(c).all() or (c < 0).any():
+        raise ValueError("counts must be finite and non-negative")
+    if c.sum() <= 0:
+        raise ValueError("counts must not all be zero")
+    return c
+
+
+def keep_probability(counts: torch.Tensor, sample: float = 1e-3) -> torch.Tensor:
+    """Probability of keeping each occurrence of a word when subsampling (eq. 10).
+
+    counts (V,) -> (V,) float64. With ``t = sample * counts.sum()``, a word seen ``c`` times
+    is kept with probability ``min(1, (sqrt(c / t) + 1) * t / c)``: the formula of
+    word2vec.c and of gensim's ``Word2Vec.prepare_vocab`` (not the paper's
+    ``sqrt(t / f)``). ``sample=0`` keeps every word.
+    """
+    c = _check_counts(counts)
+    sample = check_real(sample, "sample", minimum=0.0, maximum=1.0)
+    if sample == 0.0:
+        return torch.ones_like(c)
+    t = sample * c.sum()
+    return ((torch.sqrt(c / t) + 1) * t / c).clamp(max=1.0)  # c = 0 gives inf -> 1
+
+
+def noise_distribution(counts: torch.Tensor, power: float = 0.75) -> torch.Tensor:
+    """Probabilities of drawing each word as a negative, ``counts**power`` normalised (eq. 5).
+
+    counts (V,) -> (V,) float64, summing to 1. ``power=1`` is the unigram distribution,
+    ``0`` the uniform one; word2vec uses 3/4.
+    """
+    c = _check_counts(counts)
+    power = check_real(power, "power", minimum=0.0)
+    weights = torch.where(c > 0, c.pow(power), torch.zeros_like(c))
+    return weights / weights.sum()
+
+
+class NoiseSampler:
+    """Draws negatives from a noise distribution (V,) in O(1) per draw: Walker's alias method.
+
+    Word i is drawn with probability ``probs[i]`` exactly (up to float rounding): a uniform
+    slot ``j`` is taken, then ``j`` itself with probability ``accept[j]`` and ``alias[j]``
+    otherwise (Vose's construction). word2vec.c uses a table of 10^8 entries instead and
+    gensim a cumulative table with binary search; this one needs two small (V,) arrays,
+    which stay in cache, and a few tensor ops per batch on any device.
+    """
+
+    def __init__(self, probs: torch.Tensor):
+        check_tensor(probs, "probs", ndim=1)
+        p = probs.detach().double().cpu()
+        if p.numel() == 0 or not torch.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
+            raise ValueError("probs must be non-negative, finite and not all zero")
+        q = (p * (p.numel() / p.sum())).tolist()  # mean 1: slot j holds q[j] of word j
+        accept, alias = [1.0] * len(q), list(range(len(q)))
+        small = [j for j, v in enumerate(q) if v < 1.0]
+        large = [j for j, v in enumerate(q) if v >= 1.0]
+        while small and large:
+            j, i = small.pop(), large.pop()
+            accept[j], alias[j] = q[j], i  # slot j: word j with q[j], the rest to word i
+            q[i] -= 1.0 - q[j]
+            (small if q[i] < 1.0 else large).append(i)
+        self.accept = torch.tensor(accept, dtype=torch.float32)
+        self.alias = torch.tensor(alias, dtype=torch.long)
+
+    def to(self, device) -> NoiseSampler:
+        self.accept, self.alias = self.accept.to(device), self.alias.to(device)
+        return self
+
+    def probabilities(self) -> torch.Tensor:
+        """The distribution the table encodes (V,) float64, for checking it."""
+        p = self.accept.double().cpu()
+        return p.index_add(0, self.alias.cpu(), 1.0 - p) / p.numel()
+
+    def __call__(self, shape: tuple[int, ...], generator: torch.Generator | None = None):
+        """A LongTensor of ``shape`` word ids, drawn independently."""
+        dev = self.accept.device
+        j = torch.randint(0, self.accept.numel(), shape, generator=generator, device=dev)
+        u = torch.rand(shape, generator=generator, device=dev)
+        return torch.where(u < self.accept[j], j, self.alias[j])
+
+
+# -------------------------------------------------------------------------- pairs
+
+
+def skipgram_pairs(ids: torch.Tensor, sentence: torch.Tensor, window: int, *,
+                   dynamic: bool = True, generator: torch.Generator | None = None):
+    """Every skip-gram pair of a stretch of text, on the tensors' device (eqs. 2, 11).
+
+    ids, sentence: (N,) int64, the words and the sentence each belongs to. The word at
+    position i is an output; each word at j != i of the same sentence with
+    ``|i - j| <= b_i`` is an input for it, where ``b_i = window`` or, with ``dynamic``,
+    is drawn uniformly from 1..window per position (word2vec's reduced window, which
+    weights a context at distance d by ``(window - d + 1) / window`` on average).
+    Returns ``(inputs, outputs)``, each (P,) int64, ordered by output position.
+    """
+    check_long_tensor(ids, "ids", ndim=1)
+    check_long_tensor(sentence, "sentence", ndim=1)
+    if ids.shape != sentence.shape or ids.device != sentence.device:
+        raise ValueError(f"ids and sentence must have the same shape and device, got "
+                         f"{tuple(ids.shape)} on {ids.device}, {tuple(sentence.shape)} on "
+                         f"{sentence.device}")
+    check_int(window, "window", minimum=1)
+    check_bool(dynamic, "dynamic")
+    n, dev = ids.numel(), ids.device
+    if n == 0:
+        return ids.new_empty(0), ids.new_empty(0)
+    offsets = torch.cat([torch.arange(-window, 0, device=dev),
+                         torch.arange(1, window + 1, device=dev)])  # (2w,)
+    reach = torch.full((n,), window, device=dev)
+    if dynamic:
+        reach = reach - torch.randint(0, window, (n,), generator=generator, device=dev)
+    pos = torch.arange(n, device=dev)[:, None] + offsets  # (N, 2w) input positions
+    inside = (pos >= 0) & (pos < n) & (offsets.abs() <= reach[:, None])
+    pos = pos.clamp(0, n - 1)
+    inside &= sentence[pos] == sentence[:, None]
+    out_pos, k = inside.nonzero(as_tuple=True)  # row-major: by output, then offset
+    return ids[pos[out_pos, k]], ids[out_pos]
+
+
+# -------------------------------------------------------------------------- model
+
+
+class SkipGramNS(nn.Module):
+    """Skip-gram with negative sampling: input vectors ``W`` (V, d), output vectors ``C``.
+
+    Initialised as gensim 4 does: ``W`` uniform in [-1/d, 1/d), ``C`` zero (word2vec.c
+    draws ``W`` from half that range).
+    """
+
+    def __init__(self, vocab_size: int, dim: int, generator: torch.Generator | None = None):
+        super().__init__()
+        check_int(vocab_size, "vocab_size", minimum=1)
+        check_int(dim, "dim", minimum=1)
+        self.W = nn.Parameter((2 * torch.rand(vocab_size, dim, generator=generator) - 1) / dim)
+        self.C = nn.Parameter(torch.zeros(vocab_size, dim))
+
+    def _check(self, inputs, outputs, negatives) -> None:
+        V = self.W.shape[0]
+        check_long_tensor(inputs, "inputs", ndim=1, low=0, high=V)
+        check_long_tensor(outputs, "outputs", ndim=1, low=0, high=V)
+        check_long_tensor(negatives, "negatives", ndim=2, low=0, high=V)
+        if not inputs.shape[0] == outputs.shape[0] == negatives.shape[0]:
+            raise ValueError(f"inputs, outputs and negatives must have the same length, got "
+                             f"{inputs.shape[0]}, {outputs.shape[0]}, {negatives.shape[0]}")
+
+    def scores(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``w_x . c_t`` for inputs (B,) and targets (B, T) -> (B, T)."""
+        w = self.W.index_select(0, inputs)  # (B, d): a one-hot product, eq. 1
+        c = self.C.index_select(0, targets.reshape(-1)).view(*targets.shape, -1)  # (B, T, d)
+        return (c * w[:, None]).sum(-1)
+
+    def forward(self, inputs: torch.Tensor, outputs: torch.Tensor,
+                negatives: torch.Tensor) -> torch.Tensor:
+        """Negative-sampling loss of each pair (eq. 4): inputs, outputs (B,), negatives (B, k).
+
+        Returns (B,) ``-log s(w_x.c_y) - sum_j log s(-w_x.c_nj)``; a negative that equals
+        the pair's output is skipped, as in word2vec.c and gensim.
+        """
+        self._check(inputs, outputs, negatives)
+        s = self.scores(inputs, torch.cat([outputs[:, None], negatives], 1))
+        real = negatives != outputs[:, None]
+        return F.softplus(-s[:, 0]) + (F.softplus(s[:, 1:]) * real).sum(1)
+
+    @torch.no_grad()
+    def sgd_step(self, inputs: torch.Tensor, outputs: torch.Tensor, negatives: torch.Tensor,
+                 lr: float) -> torch.Tensor:
+        """One SGD step of eq. 6 on a batch, in place; returns the loss (B,) before it.
+
+        The same update as ``forward(...).sum().backward()`` and ``p -= lr * p.grad``, but
+        only the rows of the batch are read and written (no dense gradient), and all pairs
+        of the batch see the weights from before the step (word2vec sees each update).
+        """
+        targets = torch.cat([outputs[:, None], negatives], 1)  # (B, 1 + k)
+        B, T = targets.shape
+        real = targets != outputs[:, None]  # negatives equal to the output are skipped
+        real[:, 0] = True
+        w = self.W.index_select(0, inputs)  # (B, d)
+        c = self.C.index_select(0, targets.view(-1)).view(B, T, -1)  # (B, 1 + k, d)
+        s = (c * w[:, None]).sum(-1)  # (B, 1 + k)
+        label = (torch.arange(T, device=s.device) == 0).float()  # 1 for the output word
+        loss = (F.softplus(s * (1 - 2 * label)) * real).sum(1)  # eq. 4
+        g = (label - torch.sigmoid(s)) * (real * lr)  # lr ([t = y] - s(w_x . c_t)), eq. 6
+        self.W.index_add_(0, inputs, torch.bmm(g[:, None, :], c).squeeze(1))
+        self.C.index_add_(0, targets.view(-1), (g[:, :, None] * w[:, None, :]).view(B * T, -1))
+        return loss
+
+
+# ----------------------------------------------------------------------- training
+
+
+def _chunks(sentence: torch.Tensor, words: int) -> list[tuple[int, int]]:
+    """Cut positions 0..N into runs of whole sentences of at most ``words`` words each.
+
+    gensim's jobs (``batch_words``): a sentence that would overflow a run starts the next;
+    a sentence longer than ``words`` is a run of its own.
+    """
+    n = sentence.numel()
+    starts = torch.nonzero(torch.diff(sentence, prepend=sentence[:1] - 1)).flatten().tolist()
+    bounds, a = [], 0
+    for s, e in zip(starts, starts[1:] + [n], strict=True):  # sentence s..e
+        if e - a > words and s > a:
+            bounds.append((a, s))
+            a = s
+    bounds.append((a, n))
+    return bounds
+
+
+def train_word2vec(corpus: Sentences, dim: int = 100, window: int = 5, negative: int = 5,
+                   epochs: int = 5, batch_size: int = 512, device: str | torch.device = "cpu",
+                   *, min_count: int = 1, sample: float = 1e-3, power: float = 0.75,
+                   lr: float = 0.025, min_lr: float = 1e-4, dynamic_window: bool = True,
+                   seed: int = 0, vocab: Vocab | None = None, chunk_words: int = 10_000,
+                   progress: bool = True, desc: str = "word2vec") -> WordVectors:
+    """Train skip-gram with negative sampling on ``corpus`` (a list of lists of words).
+
+    Each epoch walks the corpus in runs of whole sentences of at most ``chunk_words``
+    words (gensim's jobs); per run, on ``device``: subsample (eq. 10), make the pairs
+    (:func:`skipgram_pairs`), then for each batch of ``batch_size`` pairs draw ``negative``
+    noise words per pair (eq. 5) and take an SGD step (eq. 6). The learning rate is set
+    per run, falling linearly from ``lr`` to ``min_lr`` with the words done, as in gensim.
+    Returns :class:`WordVectors` of the input vectors, with the model, and the mean loss
+    per pair of every run in ``.losses``. Deterministic for a ``seed`` and a device.
+    """
+    for name, value in (("dim", dim), ("window", window), ("negative", negative),
+                        ("epochs", epochs), ("batch_size", batch_size),
+                        ("chunk_words", chunk_words)):
+        check_int(value, name, minimum=1)
+    lr = check_real(lr, "lr", minimum=0.0, strict=True)
+    min_lr = check_real(min_lr, "min_lr", minimum=0.0, maximum=lr)
+    check_int(seed, "seed", minimum=0)
+    check_bool(progress, "progress")
+    device = torch.device(device)
+    if vocab is None:
+        vocab = Vocab.from_sentences(corpus, min_count)
+    elif not isinstance(vocab, Vocab):
+        raise TypeError(f"vocab must be a Vocab, got {type(vocab).__name__}")
+    keep = keep_probability(vocab.counts, sample).float().to(device)
+    noise = NoiseSampler(noise_distribution(vocab.counts, power)).to(device)
+    ids, sentence = (t.to(device) for t in vocab.encode_sentences(corpus))
+    if ids.numel() == 0:
+        raise ValueError("corpus has no word of the vocabulary")
+    model = SkipGramNS(len(vocab), dim, torch.Generator().manual_seed(seed)).to(device)
+    g = torch.Generator(device).manual_seed(seed)
+    bounds, n, losses = _chunks(sentence.cpu(), chunk_words), ids.numel(), []
+    bar = tqdm(total=epochs * n, desc=desc, unit="word", unit_scale=True,
+               disable=not progress, mininterval=0.5)
+    for epoch in range(epochs):
+        for a, b in bounds:
+            kept = torch.rand(b - a, generator=g, device=device) < keep[ids[a:b]]
+            inputs, outputs = skipgram_pairs(ids[a:b][kept], sentence[a:b][kept], window,
+                                              dynamic=dynamic_window, generator=g)
+            # one learning rate per run of sentences, from the words done before it (gensim)
+            lr_now = max(min_lr, lr - (lr - min_lr) * (epoch * n + a) / (epochs * n))
+            negatives = noise((inputs.numel(), negative), g)  # (P, k): one call per run
+            total = torch.zeros((), device=device)
+            for s in range(0, inputs.numel(), batch_size):
+                batch = slice(s, s + batch_size)
+                total += model.sgd_step(inputs[batch], outputs[batch], negatives[batch],
+                                        lr_now).sum()
+            if inputs.numel():
+                losses.append(total.item() / inputs.numel())
+            bar.update(b - a)
+    bar.close()
+    return WordVectors(vocab, model.W.detach(), model=model, losses=losses)
+
+
+# ------------------------------------------------------------------ using vectors
+
+
+class WordVectors:
+    """Word vectors (V, d) with the :class:`Vocab` they belong to, and queries on them."""
+
+    def __init__(self, vocab: Vocab, vectors: torch.Tensor, *, model: nn.Module | None = None,
+                 losses: list[float] | None = None):
+        if not isinstance(vocab, Vocab):
+            raise TypeError(f"vocab must be a Vocab, got {type(vocab).__name__}")
+        check_tensor(vectors, "vectors", ndim=2)
+        if vectors.shape[0] != len(vocab):
+            raise ValueError(f"vectors must have one row per word ({len(vocab)}), got "
+                             f"{vectors.shape[0]}")
+        self.vocab, self.vectors = vocab, vectors.detach().float().cpu()
+        self.unit = F.normalize(self.vectors, dim=1)  # rows of length 1 (0 stays 0)
+        self.model, self.losses = model, losses
+
+    def __getitem__(self, word: str) -> torch.Tensor:
+        return self.vectors[self.vocab.index(word)]
+
+    def similarity(self, a: str, b: str) -> float:
+        """Cosine similarity of two words."""
+        return float(self.unit[self.vocab.index(a, "a")] @ self.unit[self.vocab.index(b, "b")])
+
+    def _nearest(self, query: torch.Tensor, exclude: list[int], k: int):
+        check_int(k, "k", minimum=1)
+        cos = self.unit @ F.normalize(query, dim=0)
+        cos[exclude] = -math.inf
+        top = torch.topk(cos, min(k, len(self.vocab) - len(exclude)))
+        return [(self.vocab.itos[i], v) for v, i in zip(top.values.tolist(),
+                                                        top.indices.tolist(), strict=True)]
+
+    def most_similar(self, word: str, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` words of highest cosine similarity to ``word`` (itself left out)."""
+        i = self.vocab.index(word)
+        return self._nearest(self.unit[i], [i], k)
+
+    def analogy(self, a: str, b: str, c: str, k: int = 1) -> list[tuple[str, float]]:
+        """``a`` is to ``b`` as ``c`` is to ...? The words nearest ``b - a + c`` (3CosAdd).
+
+        Unit vectors are combined and ``a``, ``b``, ``c`` themselves are left out, as in
+        gensim's ``most_similar(positive=[b, c], negative=[a])``; scores are cosines.
+        """
+        ia, ib, ic = (self.vocab.index(w, n) for w, n in ((a, "a"), (b, "b"), (c, "c")))
+        return self._nearest(self.unit[ib] - self.unit[ia] + self.unit[ic], [ia, ib, ic], k)
+
+
+def neighbour_purity(vectors: WordVectors, labels: Mapping[str, str], k: int = 5) -> float:
+    """Mean share of each labelled word's ``k`` nearest labelled neighbours in its class.
+
+    Only words that have a label and are in the vocabulary take part; neighbours are by
+    cosine similarity. Chance level is the share of same-class pairs among them.
+    """
+    if not isinstance(vectors, WordVectors):
+        raise TypeError(f"vectors must be WordVectors, got {type(vectors).__name__}")
+    if not isinstance(labels, Mapping):
+        raise TypeError(f"labels must be a mapping word -> class, got {type(labels).__name__}")
+    check_int(k, "k", minimum=1)
+    words = [w for w in vectors.vocab.itos if w in labels]
+    if len(words) <= k:
+        raise ValueError(f"labels must cover more than k={k} words of the vocabulary, "
+                         f"got {len(words)}")
+    unit = vectors.unit[[vectors.vocab.stoi[w] for w in words]]
+    cos = (unit @ unit.T).fill_diagonal_(-math.inf)
+    ids = {c: i for i, c in enumerate(sorted({labels[w] for w in words}))}
+    cls = torch.tensor([ids[labels[w]] for w in words])
+    return (cls[cos.topk(k, dim=1).indices] == cls[:, None]).double().mean().item()
+
+
+def wordsim353() -> list[tuple[str, str, float]]:
+    """WordSim-353 (Finkelstein et al. 2002) as gensim ships it: (word, word, mean score 0-10)."""
+    pairs = []
+    for line in package_text("gensim", "test/test_data/wordsim353.tsv").splitlines():
+        if line and not line.startswith("#"):
+            a, b, score = line.split("\t")
+            pairs.append((a.lower(), b.lower(), float(score)))
+    return pairs
+
+
+def word_pair_spearman(vectors: WordVectors,
+                       pairs: Iterable[tuple[str, str, float]]) -> tuple[float, int, int]:
+    """Spearman correlation of cosine similarity with human scores on in-vocabulary pairs.
+
+    Returns ``(rho, used, total)``: pairs with a word outside the vocabulary are skipped,
+    as gensim's ``evaluate_word_pairs`` skips them. Words are compared lower-cased.
+    """
+    from scipy.stats import spearmanr
+
+    if not isinstance(vectors, WordVectors):
+        raise TypeError(f"vectors must be WordVectors, got {type(vectors).__name__}")
+    pairs = list(pairs)
+    used = [(a.lower(), b.lower(), s) for a, b, s in pairs
+            if a.lower() in vectors.vocab and b.lower() in vectors.vocab]
+    if len(used) < 3:
+        raise ValueError(f"pairs must have at least 3 pairs in the vocabulary, got {len(used)}")
+    model = [vectors.similarity(a, b) for a, b, _ in used]
+    return float(spearmanr(model, [s for *_, s in used]).statistic), len(used), len(pairs)
+
+
+# ------------------------------------------------------------------- PPMI + SVD
+
+
+def cooccurrence(ids: torch.Tensor, sentence: torch.Tensor, vocab_size: int, window: int,
+                 *, dynamic: bool = True) -> torch.Tensor:
+    """Co-occurrence counts (V, V) float64: row = input word, column = output word.
+
+    A pair at distance d of the same sentence counts ``(window - d + 1) / window`` with
+    ``dynamic`` (the expected number of times :func:`skipgram_pairs` draws it, eq. 11)
+    and 1 without. ids, sentence: (N,) int64 as from :meth:`Vocab.encode_sentences`.
+    """
+    check_long_tensor(ids, "ids", ndim=1, low=0, high=vocab_size)
+    check_long_tensor(sentence, "sentence", ndim=1)
+    if ids.shape != sentence.shape:
+        raise ValueError("ids and sentence must have the same shape")
+    check_int(vocab_size, "vocab_size", minimum=1)
+    check_int(window, "window", minimum=1)
+    counts = torch.zeros(vocab_size * vocab_size, dtype=torch.float64, device=ids.device)
+    for d in range(1, min(window, ids.numel() - 1) + 1):
+        same = sentence[d:] == sentence[:-d]
+        left, right = ids[:-d][same], ids[d:][same]
+        weight = (window - d + 1) / window if dynamic else 1.0
+        for x, y in ((left, right), (right, left)):  # both directions
+            counts += weight * torch.bincount(x * vocab_size + y,
+                                              minlength=vocab_size**2).double()
+    return counts.view(vocab_size, vocab_size)
+
+
+def ppmi(counts: torch.Tensor, power: float = 0.75, shift: float = 1.0) -> torch.Tensor:
+    """Shifted positive PMI of a co-occurrence matrix (V, V) -> (V, V) (eqs. 7, 8).
+
+    ``max(0, log(#(x, y) / (#x * P(y))) - log shift)`` with ``#x`` the row sums and
+    ``P(y)`` the column sums raised to ``power`` and normalised: the matrix that SGNS with
+    ``shift`` negatives and that noise distribution factorises at its optimum.
+    """
+    check_tensor(counts, "counts", ndim=2)
+    if counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"counts must be square, got {tuple(counts.shape)}")
+    check_real(power, "power", minimum=0.0)
+    shift = check_real(shift, "shift", minimum=0.0, strict=True)
+    c = counts.double()
+    if not torch.isfinite(c).all() or (c < 0).any():
+        raise ValueError("counts must be finite and non-negative")
+    rows, cols = c.sum(1, keepdim=True), c.sum(0, keepdim=True)
+    noise = cols.pow(power) * (cols > 0)
+    pmi = torch.log(c) - torch.log(rows) - torch.log(noise / noise.sum()) - math.log(shift)
+    return torch.nan_to_num(pmi, nan=0.0, neginf=0.0, posinf=0.0).clamp(min=0.0)
+
+
+def ppmi_svd(corpus: Sentences, dim: int = 100, window: int = 5, *, min_count: int = 1,
+             power: float = 0.75, shift: float = 1.0, eig: float = 0.5,
+             vocab: Vocab | None = None, seed: int = 0) -> WordVectors:
+    """Count-based vectors: truncated SVD ``U_d S_d^eig`` of the PPMI matrix (eq. 9).
+
+    Co-occurrences as :func:`cooccurrence` with word2vec's window weights, PPMI with
+    context smoothing ``power`` and ``shift`` (:func:`ppmi`); ``eig=0.5`` splits the
+    singular values evenly between words and contexts (Levy, Goldberg and Dagan 2015).
+    A randomised SVD (``torch.svd_lowrank``, seeded) keeps large vocabularies cheap.
+    """
+    check_int(dim, "dim", minimum=1)
+    eig = check_real(eig, "eig", minimum=0.0, maximum=1.0)
+    if vocab is None:
+        vocab = Vocab.from_sentences(corpus, min_count)
+    if dim > len(vocab):
+        raise ValueError(f"dim must be at most the vocabulary size {len(vocab)}, got {dim}")
+    ids, sentence = vocab.encode_sentences(corpus)
+    m = ppmi(cooccurrence(ids, sentence, len(vocab), window), power, shift).float()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        u, s, _ = torch.svd_lowrank(m, q=min(len(vocab), dim + 10), niter=4)
+    return WordVectors(vocab, u[:, :dim] * s[:dim].pow(eig))

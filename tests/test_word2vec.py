@@ -1,0 +1,455 @@
+"""lib/word2vec.py: formulas against gensim's, pairs against a loop, the SGD step against
+autograd, queries and evaluation against gensim's KeyedVectors, training against gensim's
+Word2Vec on the planted-class corpus, PPMI against its definition, and bad input."""
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gensim.models import KeyedVectors, Word2Vec
+from gensim.test.utils import datapath
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lib.corpus import planted_corpus
+from lib.word2vec import (
+    NoiseSampler,
+    SkipGramNS,
+    Vocab,
+    WordVectors,
+    _chunks,
+    cooccurrence,
+    keep_probability,
+    neighbour_purity,
+    noise_distribution,
+    ppmi,
+    ppmi_svd,
+    skipgram_pairs,
+    train_word2vec,
+    word_pair_spearman,
+    wordsim353,
+)
+
+PLANTED = planted_corpus(400, seed=3).sentences
+
+
+def gensim_vocab(sentences, sample):
+    """gensim's model after build_vocab only: its sample_int and cum_table, no training."""
+    model = Word2Vec(vector_size=8, min_count=1, sample=sample, sg=1, negative=5, workers=1)
+    model.build_vocab(sentences)
+    return model
+
+
+# ---------------------------------------------------------------- formulas vs gensim
+
+
+@pytest.mark.parametrize("sample", [1e-3, 1e-2, 1e-1, 0.0])
+def test_keep_probability_is_gensims(sample):
+    vocab = Vocab.from_sentences(PLANTED)
+    ours = keep_probability(vocab.counts, sample)
+    model = gensim_vocab(PLANTED, sample)
+    # gensim stores floor(p * (2**32 - 1)) as uint32: an error below 2**-32 per word
+    theirs = torch.tensor([float(model.wv.get_vecattr(w, "sample_int")) / (2**32 - 1)
+                           for w in vocab.itos], dtype=torch.float64)
+    assert ours.dtype == torch.float64 and ours.max() <= 1.0
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-9)
+    if 0 < sample <= 1e-2:  # the most frequent word ("the") is subsampled, the rarest not
+        assert ours[0] < 0.5 and ours[-1] == 1.0
+
+
+def test_keep_probability_closed_form():
+    # t = 1e-2 * 1000 = 10: a word seen 40 times is kept with (sqrt(4) + 1) / 4 = 3/4
+    counts = torch.tensor([40, 10, 5, 945])
+    p = keep_probability(counts, 1e-2)
+    assert p[0].item() == pytest.approx(0.75, abs=1e-15)
+    assert p[1].item() == 1.0 and p[2].item() == 1.0  # (sqrt(1) + 1) * 1 = 2, capped
+
+
+@pytest.mark.parametrize("power", [0.75, 1.0, 0.0])
+def test_noise_distribution_is_gensims(power):
+    vocab = Vocab.from_sentences(PLANTED)
+    p = noise_distribution(vocab.counts, power)
+    assert p.dtype == torch.float64 and abs(p.sum().item() - 1) < 1e-12
+    model = Word2Vec(vector_size=8, min_count=1, sg=1, negative=5, ns_exponent=power,
+                     workers=1)
+    model.build_vocab(PLANTED)
+    # gensim's cum_table holds round(cumulative probability * (2**31 - 1)): each
+    # difference is off by at most one unit of 2**-31 on either side
+    theirs = np.diff(model.cum_table.astype(np.float64), prepend=0.0) / (2**31 - 1)
+    theirs = torch.tensor([theirs[model.wv.get_index(w)] for w in vocab.itos])
+    torch.testing.assert_close(p, theirs, rtol=0, atol=2.0 / 2**31)
+
+
+def test_noise_sampler_encodes_the_distribution_and_draws_from_it():
+    counts = torch.tensor([1000, 300, 0, 7, 1, 50])
+    p = noise_distribution(counts)
+    sampler = NoiseSampler(p)
+    # the alias table is exact up to float32 rounding of the acceptance probabilities
+    torch.testing.assert_close(sampler.probabilities(), p, rtol=0, atol=1e-7)
+    n = 200_000
+    draws = sampler((n,), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=6).double() / n
+    sigma = (p * (1 - p) / n).sqrt()  # binomial standard deviation of each frequency
+    assert ((freq - p).abs() <= 5 * sigma + 1e-12).all()
+    assert freq[2] == 0  # a word never seen is never drawn
+
+
+# ---------------------------------------------------------------------------- pairs
+
+
+def pairs_by_loop(ids, sentence, reach):
+    """Skip-gram pairs the way word2vec.c loops: output i, inputs j in its window."""
+    out = []
+    for i in range(len(ids)):
+        for j in range(i - reach[i], i + reach[i] + 1):
+            if j != i and 0 <= j < len(ids) and sentence[j] == sentence[i]:
+                out.append((ids[j], ids[i]))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=12), st.integers(1, 6),
+       st.booleans(), st.integers(0, 2**31))
+def test_pairs_equal_the_loop(lengths, window, dynamic, seed):
+    sentence = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    ids = torch.randint(0, 7, sentence.shape, generator=torch.Generator().manual_seed(seed))
+    inputs, outputs = skipgram_pairs(ids, sentence, window, dynamic=dynamic,
+                                     generator=torch.Generator().manual_seed(seed))
+    reach = [window] * len(ids)
+    if dynamic:  # the same draws as inside: one randint per position
+        g = torch.Generator().manual_seed(seed)
+        reach = (window - torch.randint(0, window, (len(ids),), generator=g)).tolist()
+    expected = pairs_by_loop(ids.tolist(), sentence.tolist(), reach)
+    assert list(zip(inputs.tolist(), outputs.tolist(), strict=True)) == expected
+
+
+def test_pairs_edge_cases():
+    one = torch.tensor([3])
+    assert skipgram_pairs(one, torch.tensor([0]), 5)[0].numel() == 0  # a lone word
+    empty = torch.zeros(0, dtype=torch.long)
+    assert skipgram_pairs(empty, empty, 2)[0].numel() == 0
+    x, y = skipgram_pairs(torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2]), 4)
+    assert x.numel() == 0  # three one-word sentences: no window crosses a boundary
+
+
+def test_dynamic_window_weights_distances():
+    # a context at distance d is drawn with probability (window - d + 1) / window (eq. 11)
+    n, window = 20_000, 4
+    ids = torch.arange(n)
+    x, y = skipgram_pairs(ids, torch.zeros(n, dtype=torch.long), window,
+                          generator=torch.Generator().manual_seed(0))
+    dist = Counter((x - y).abs().tolist())
+    for d in range(1, window + 1):
+        expected = 2 * (n - d) * (window - d + 1) / window
+        assert abs(dist[d] - expected) < 5 * math.sqrt(expected)
+
+
+def test_chunks_are_whole_sentences_of_bounded_size():
+    lengths = [3, 4, 2, 9, 1, 1, 5]
+    sentence = torch.repeat_interleave(torch.arange(7), torch.tensor(lengths))
+    bounds = _chunks(sentence, 6)
+    # gensim's rule: a sentence that would take a run past 6 words starts the next one
+    assert bounds == [(0, 3), (3, 9), (9, 18), (18, 20), (20, 25)]  # 3 | 4 2 | 9 | 1 1 | 5
+    assert _chunks(sentence, 100) == [(0, 25)]
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def test_embedding_lookup_is_a_one_hot_product():
+    model = SkipGramNS(11, 6, torch.Generator().manual_seed(0))
+    ids = torch.tensor([3, 0, 10, 3])
+    one_hot = F.one_hot(ids, 11).float()  # (4, 11)
+    assert torch.equal(model.W.index_select(0, ids), one_hot @ model.W)
+    emb = torch.nn.Embedding.from_pretrained(model.W.detach())
+    assert torch.equal(emb(ids), one_hot @ model.W)
+    # and the gradient of a lookup is the transposed product: rows added where ids repeat
+    grad = torch.randn(4, 6)
+    (model.W.index_select(0, ids) * grad).sum().backward()
+    torch.testing.assert_close(model.W.grad, one_hot.T @ grad, rtol=0, atol=1e-6)
+
+
+def test_initialisation_is_gensims():
+    model = SkipGramNS(50, 40, torch.Generator().manual_seed(0))
+    assert model.W.abs().max() < 1 / 40 and model.W.abs().max() > 0.9 / 40
+    assert torch.equal(model.C, torch.zeros(50, 40))
+
+
+def batch(seed=0, V=9, B=13, k=4):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randint(0, V, (B,), generator=g), torch.randint(0, V, (B,), generator=g)
+    neg = torch.randint(0, V, (B, k), generator=g)
+    neg[0, 1] = y[0]  # a negative equal to its output: skipped
+    return x, y, neg
+
+
+def trained_model(V=9, d=5):
+    model = SkipGramNS(V, d, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.C.copy_(torch.randn(V, d, generator=torch.Generator().manual_seed(2)))
+    return model
+
+
+def test_loss_is_the_negative_sampling_objective():
+    model = trained_model()
+    x, y, neg = batch()
+    loss = model(x, y, neg).double()
+    W, C = model.W.double(), model.C.double()
+    expected = []
+    for b in range(len(x)):
+        ll = math.log(torch.sigmoid(W[x[b]] @ C[y[b]]).item())
+        ll += sum(math.log(torch.sigmoid(-W[x[b]] @ C[n]).item())
+                  for n in neg[b].tolist() if n != y[b].item())
+        expected.append(-ll)
+    # float32 scores of 5-term dot products: a few ulps of values of order 10
+    torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_sgd_step_is_autograds_gradient_step():
+    model = trained_model()
+    x, y, neg = batch()
+    lr = 0.3
+    model.zero_grad()
+    loss = model(x, y, neg)
+    loss.sum().backward()
+    expected = {n: (p - lr * p.grad).detach() for n, p in model.named_parameters()}
+    step_loss = model.sgd_step(x, y, neg, lr)
+    # the same loss through softplus(-s) and softplus(s * sign): float32 rounding only
+    torch.testing.assert_close(step_loss, loss.detach(), rtol=1e-6, atol=1e-6)
+    # the same sums of float32 products in another order: float32 rounding only
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- queries, scores
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    vocab = Vocab.from_sentences(PLANTED)
+    g = torch.Generator().manual_seed(0)
+    return WordVectors(vocab, torch.randn(len(vocab), 12, generator=g))
+
+
+def keyed(vectors):
+    kv = KeyedVectors(vectors.vectors.shape[1])
+    kv.add_vectors(vectors.vocab.itos, vectors.vectors.numpy())
+    return kv
+
+
+def test_most_similar_and_analogy_are_gensims(vectors):
+    kv = keyed(vectors)
+    for word in ("cat", "the", "hammer"):
+        ours, theirs = vectors.most_similar(word, 7), kv.most_similar(word, topn=7)
+        assert [w for w, _ in ours] == [w for w, _ in theirs]
+        np.testing.assert_allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-6)
+    ours = vectors.analogy("cat", "dog", "bread", k=5)
+    theirs = kv.most_similar(positive=["dog", "bread"], negative=["cat"], topn=5)
+    assert [w for w, _ in ours] == [w for w, _ in theirs]
+    np.testing.assert_allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-6)
+    assert vectors.similarity("cat", "dog") == pytest.approx(kv.similarity("cat", "dog"),
+                                                            abs=1e-6)
+
+
+def test_spearman_is_gensims_evaluate_word_pairs():
+    vocab = Vocab({w: 1 for a, b, _ in wordsim353()[:200] for w in (a, b)})
+    wv = WordVectors(vocab, torch.randn(len(vocab), 10, generator=torch.Generator()
+                                        .manual_seed(0)))
+    drop = set(vocab.itos[::3])  # leave a third of the words out of the vocabulary
+    kept = Vocab({w: 1 for w in vocab.itos if w not in drop})
+    wv = WordVectors(kept, torch.stack([wv[w] for w in kept.itos]))
+    rho, used, total = word_pair_spearman(wv, wordsim353())
+    _, (their_rho, _), oov_percent = keyed(wv).evaluate_word_pairs(datapath("wordsim353.tsv"))
+    assert total == 353 and used < total
+    # the cosines agree to float32 rounding; similarities that tie (or nearly) in one
+    # implementation can differ by an ulp in the other and trade ranks, which moves rho
+    # by O(1/n^2) with n = used pairs (8e-5 here)
+    kv = keyed(wv)
+    for a, b, _ in wordsim353():
+        if a in kept and b in kept:
+            assert wv.similarity(a, b) == pytest.approx(float(kv.similarity(a, b)), abs=1e-6)
+    assert rho == pytest.approx(their_rho, abs=1e-3)
+    assert 100 * (total - used) / total == pytest.approx(oov_percent, abs=1e-9)
+
+
+def test_neighbour_purity_by_hand():
+    vocab = Vocab({"a": 4, "b": 3, "c": 2, "d": 1, "e": 1})
+    vecs = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.7, 0.7]])
+    wv = WordVectors(vocab, vecs)
+    labels = {"a": "x", "b": "x", "c": "y", "d": "y"}  # "e" has no class: left out
+    assert neighbour_purity(wv, labels, k=1) == 1.0
+    # k = 2: the second neighbour is of the other class for every word
+    assert neighbour_purity(wv, labels, k=2) == 0.5
+
+
+# --------------------------------------------------------------- training vs gensim
+
+
+def test_training_matches_gensim_on_planted_classes():
+    """lib's purity within 5 points of gensim's, same hyperparameters, mean of 2 corpora.
+
+    Over 4 seeds on this corpus size the two differ by about 2 points on average
+    (lib 0.97 +- 0.01, gensim 0.99 +- 0.01); chance is 1/8.
+    """
+    ours, theirs = [], []
+    for seed in (0, 1):
+        pc = planted_corpus(5000, seed=seed)
+        wv = train_word2vec(pc.sentences, dim=50, window=5, negative=5, epochs=5, seed=seed,
+                            progress=False)
+        ours.append(neighbour_purity(wv, pc.labels))
+        model = Word2Vec(pc.sentences, vector_size=50, window=5, negative=5, sg=1,
+                         min_count=1, sample=1e-3, epochs=5, seed=seed, workers=1)
+        gv = WordVectors(wv.vocab, torch.tensor(model.wv[wv.vocab.itos]))
+        theirs.append(neighbour_purity(gv, pc.labels))
+    assert np.mean(ours) >= np.mean(theirs) - 0.05, (ours, theirs)
+    assert min(ours) > 0.8
+    assert wv.losses[-1] < wv.losses[0]
+
+
+def test_training_is_deterministic():
+    a = train_word2vec(PLANTED, dim=8, epochs=1, seed=5, progress=False)
+    b = train_word2vec(PLANTED, dim=8, epochs=1, seed=5, progress=False)
+    assert torch.equal(a.vectors, b.vectors) and a.losses == b.losses
+
+
+# ---------------------------------------------------------------------- PPMI + SVD
+
+
+def test_cooccurrence_equals_the_loop():
+    sentences = [["a", "b", "a", "c"], ["c", "b"], ["a"]]
+    vocab = Vocab.from_sentences(sentences)
+    ids, sentence = vocab.encode_sentences(sentences)
+    for dynamic in (True, False):
+        counts = cooccurrence(ids, sentence, len(vocab), 2, dynamic=dynamic)
+        expected = torch.zeros(len(vocab), len(vocab), dtype=torch.float64)
+        for s in sentences:
+            for i, wi in enumerate(s):
+                for j, wj in enumerate(s):
+                    d = abs(i - j)
+                    if 0 < d <= 2:
+                        w = (2 - d + 1) / 2 if dynamic else 1.0
+                        expected[vocab.stoi[wj], vocab.stoi[wi]] += w
+        torch.testing.assert_close(counts, expected, rtol=0, atol=1e-12)
+
+
+def test_ppmi_by_definition():
+    c = torch.tensor([[0.0, 2.0, 1.0], [2.0, 0.0, 4.0], [1.0, 4.0, 6.0]], dtype=torch.float64)
+    m = ppmi(c, power=1.0, shift=2.0)
+    total = c.sum()
+    for x in range(3):
+        for y in range(3):
+            pmi = (math.log(c[x, y] * total / (c[x].sum() * c[:, y].sum()))
+                   if c[x, y] > 0 else -math.inf)
+            assert m[x, y].item() == pytest.approx(max(0.0, pmi - math.log(2.0)), abs=1e-12)
+
+
+def test_ppmi_svd_factorises_ppmi():
+    vocab = Vocab.from_sentences(PLANTED)
+    V = len(vocab)
+    wv = ppmi_svd(PLANTED, dim=V, eig=1.0)
+    ids, sentence = vocab.encode_sentences(PLANTED)
+    m = ppmi(cooccurrence(ids, sentence, V, 5)).float()
+    # with every singular value kept, (U S)(U S)^T = M M^T; randomised SVD in float32
+    torch.testing.assert_close(wv.vectors @ wv.vectors.T, m @ m.T, rtol=1e-3, atol=1e-2)
+
+
+def test_ppmi_svd_finds_the_planted_classes():
+    pc = planted_corpus(3000, seed=0)
+    assert neighbour_purity(ppmi_svd(pc.sentences, dim=30), pc.labels) > 0.8
+
+
+# ------------------------------------------------------------------------ bad input
+
+COUNTS = torch.tensor([5, 3, 1])
+X, Y, NEG = batch()
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: keep_probability([5, 3], 1e-3), TypeError, "counts must be a torch.Tensor"),
+        (lambda: keep_probability(torch.ones(2, 2), 1e-3), ValueError, "counts must have 1"),
+        (lambda: keep_probability(torch.tensor([]), 1e-3), ValueError, "counts must not be"),
+        (lambda: keep_probability(torch.tensor([1.0, -1.0]), 1e-3), ValueError, "non-negative"),
+        (lambda: keep_probability(torch.tensor([1.0, math.nan]), 1e-3), ValueError, "finite"),
+        (lambda: keep_probability(torch.tensor([True]), 1e-3), TypeError, "counts must hold"),
+        (lambda: keep_probability(torch.zeros(3), 1e-3), ValueError, "all be zero"),
+        (lambda: keep_probability(COUNTS, -1e-3), ValueError, "sample must be at least 0"),
+        (lambda: keep_probability(COUNTS, 2.0), ValueError, "sample must be at most 1"),
+        (lambda: keep_probability(COUNTS, "1e-3"), TypeError, "sample must be a real"),
+        (lambda: keep_probability(COUNTS, math.nan), ValueError, "sample must be finite"),
+        (lambda: noise_distribution(COUNTS, -0.5), ValueError, "power must be at least 0"),
+        (lambda: noise_distribution(COUNTS, None), TypeError, "power"),
+        (lambda: NoiseSampler(torch.tensor([0.0, 0.0])), ValueError, "probs"),
+        (lambda: Vocab({"a": 1}, min_count=0), ValueError, "min_count must be at least 1"),
+        (lambda: Vocab({"a": 1}, min_count=2), ValueError, "min_count=2"),
+        (lambda: Vocab.from_sentences("a b c"), TypeError, "corpus must be a list of token"),
+        (lambda: Vocab.from_sentences(["a b", "c"]), TypeError, r"corpus\[0\] must be a list"),
+        (lambda: Vocab.from_sentences([["a", 1]]), TypeError, r"corpus\[0\] must hold str"),
+        (lambda: Vocab.from_sentences([]), ValueError, "corpus must not be empty"),
+        (lambda: skipgram_pairs(torch.tensor([1.0]), torch.tensor([0]), 2), TypeError, "ids"),
+        (lambda: skipgram_pairs(torch.tensor([1, 2]), torch.tensor([0]), 2), ValueError,
+         "same shape"),
+        (lambda: skipgram_pairs(torch.tensor([1]), torch.tensor([0]), 0), ValueError,
+         "window must be at least 1"),
+        (lambda: skipgram_pairs(torch.tensor([1]), torch.tensor([0]), 2.5), TypeError,
+         "window must be an int"),
+        (lambda: SkipGramNS(0, 4), ValueError, "vocab_size"),
+        (lambda: SkipGramNS(4, "4"), TypeError, "dim"),
+        (lambda: trained_model()(X.float(), Y, NEG), TypeError, "inputs must be a LongTensor"),
+        (lambda: trained_model()(X + 100, Y, NEG), ValueError, r"inputs must hold values in"),
+        (lambda: trained_model()(X, Y[:3], NEG), ValueError, "same length"),
+        (lambda: trained_model()(X, Y, NEG[:, 0]), ValueError, "negatives must have 2"),
+        (lambda: train_word2vec(PLANTED, dim=0), ValueError, "dim must be at least 1"),
+        (lambda: train_word2vec(PLANTED, window=1.5), TypeError, "window must be an int"),
+        (lambda: train_word2vec(PLANTED, negative="5"), TypeError, "negative"),
+        (lambda: train_word2vec(PLANTED, epochs=-1), ValueError, "epochs"),
+        (lambda: train_word2vec(PLANTED, batch_size=0), ValueError, "batch_size"),
+        (lambda: train_word2vec(PLANTED, lr=math.nan), ValueError, "lr must be finite"),
+        (lambda: train_word2vec(PLANTED, lr=0.0), ValueError, "lr must be greater than 0"),
+        (lambda: train_word2vec(PLANTED, min_lr=1.0), ValueError, "min_lr must be at most"),
+        (lambda: train_word2vec(PLANTED, sample=math.inf), ValueError, "sample"),
+        (lambda: train_word2vec(PLANTED, min_count=10**6), ValueError, "min_count"),
+        (lambda: train_word2vec(PLANTED, vocab={"a": 1}), TypeError, "vocab must be a Vocab"),
+        (lambda: train_word2vec([["unseen"]], vocab=Vocab.from_sentences(PLANTED)), ValueError,
+         "no word of the vocabulary"),
+        (lambda: train_word2vec(PLANTED, device="nonsense"), RuntimeError, "device"),
+        (lambda: WordVectors({"a": 0}, torch.zeros(1, 2)), TypeError, "vocab must be a Vocab"),
+        (lambda: WordVectors(Vocab({"a": 1}), torch.zeros(2, 2)), ValueError, "one row per"),
+        (lambda: WordVectors(Vocab({"a": 1}), torch.zeros(2)), ValueError, "vectors must have 2"),
+        (lambda: neighbour_purity("vectors", {}), TypeError, "vectors must be WordVectors"),
+        (lambda: word_pair_spearman(None, []), TypeError, "vectors must be WordVectors"),
+        (lambda: cooccurrence(torch.tensor([0, 5]), torch.tensor([0, 0]), 3, 2), ValueError,
+         "ids must hold values in"),
+        (lambda: ppmi(torch.ones(2, 3)), ValueError, "square"),
+        (lambda: ppmi(-torch.ones(2, 2)), ValueError, "non-negative"),
+        (lambda: ppmi(torch.ones(2, 2), shift=0), ValueError, "shift must be greater than 0"),
+        (lambda: ppmi_svd(PLANTED, dim=10**4), ValueError, "dim must be at most"),
+        (lambda: ppmi_svd(PLANTED, eig=2.0), ValueError, "eig must be at most 1"),
+    ],
+)
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "query, match",
+    [
+        (lambda wv: wv.most_similar("zebra"), "word='zebra' is not in the vocabulary"),
+        (lambda wv: wv.most_similar(3), "word must be a str"),
+        (lambda wv: wv.most_similar("cat", k=0), "k must be at least 1"),
+        (lambda wv: wv.analogy("cat", "zebra", "dog"), "b='zebra'"),
+        (lambda wv: wv.similarity("cat", "unicorn"), "b='unicorn'"),
+        (lambda wv: neighbour_purity(wv, {"cat": "animal"}, k=5), "labels must cover"),
+        (lambda wv: neighbour_purity(wv, ["cat"]), "labels must be a mapping"),
+        (lambda wv: word_pair_spearman(wv, [("cat", "dog", 1.0)]), "at least 3 pairs"),
+    ],
+)
+def test_bad_queries(vectors, query, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        query(vectors)
