@@ -56,13 +56,13 @@ COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 K = len(COCO_KEYPOINTS)
 
 _LEFT, _RIGHT, _TRUNK = (0.95, 0.55, 0.10), (0.15, 0.45, 0.95), (0.30, 0.85, 0.30)
-# Segments drawn for a figure (joint pairs) and their colours. The face edges of
-# COCO_SKELETON are replaced by a head disk with dots for the eyes and ears.
-_LIMBS = (
-    ((5, 11), _LEFT), ((6, 12), _RIGHT), ((5, 6), _TRUNK), ((11, 12), _TRUNK),
-    ((11, 13), _LEFT), ((13, 15), _LEFT), ((12, 14), _RIGHT), ((14, 16), _RIGHT),
-    ((5, 7), _LEFT), ((7, 9), _LEFT), ((6, 8), _RIGHT), ((8, 10), _RIGHT),
-)
+_PALETTE = torch.tensor([_LEFT, _RIGHT, _TRUNK])
+# What a figure is drawn with, in painting order: segments between joints, a neck, the
+# head disk, then dots for the eyes and ears (they replace COCO_SKELETON's face edges).
+# _KIND: the colour of each stroke (0 left, 1 right, 2 trunk and head).
+_SEGMENTS = ((5, 11), (6, 12), (5, 6), (11, 12), (11, 13), (13, 15), (12, 14), (14, 16),
+             (5, 7), (7, 9), (6, 8), (8, 10))
+_KIND = torch.tensor([0, 1, 2, 2, 0, 0, 1, 1, 0, 0, 1, 1] + [2, 2] + [0, 1, 0, 1])
 # Body proportions, as fractions of the body height (ankle to the top of the head).
 _TORSO, _NECK, _HEAD_R = 0.30, 0.11, 0.085
 _SHOULDER, _HIP = 0.11, 0.07
@@ -149,32 +149,39 @@ def _random_poses(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Ten
 # ------------------------------------------------------------------------------ drawing
 
 
-def _segment_alpha(grid, a, b, width):
-    """Coverage (m, H, W) of segments a -> b (m, 2) of the given widths (m,), anti-aliased."""
-    ab = b - a
-    pa = grid[None] - a[:, None, None]  # (m, H, W, 2)
-    t = ((pa * ab[:, None, None]).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-9)[:, None, None])
-    d = (pa - t.clamp(0, 1)[..., None] * ab[:, None, None]).norm(dim=-1)
-    return (width[:, None, None] / 2 + 0.5 - d).clamp(0, 1)
+def _segment_alpha(xs, ys, a, b, width):
+    """Coverage (n, S, H, W) of segments a -> b (n, S, 2) of widths (n, 1), anti-aliased:
+    1 within width/2 of the segment, 0 beyond width/2 + 1, linear in between."""
+    ax, ay = a[..., 0, None, None], a[..., 1, None, None]
+    abx, aby = (b - a)[..., 0, None, None], (b - a)[..., 1, None, None]
+    dx, dy = xs - ax, ys - ay  # (n, S, H, W)
+    t = ((dx * abx + dy * aby) / (abx**2 + aby**2).clamp_min(1e-9)).clamp(0, 1)
+    d = torch.sqrt((dx - t * abx) ** 2 + (dy - t * aby) ** 2)
+    return (width[..., None, None] / 2 + 0.5 - d).clamp(0, 1)
 
 
-def _disk_alpha(grid, centre, radius):
-    d = (grid[None] - centre[:, None, None]).norm(dim=-1)
-    return (radius[:, None, None] + 0.5 - d).clamp(0, 1)
+def _disk_alpha(xs, ys, centre, radius):
+    """Coverage (n, S, H, W) of disks at centre (n, S, 2) of radius (n, S)."""
+    d = torch.sqrt((xs - centre[..., 0, None, None]) ** 2
+                   + (ys - centre[..., 1, None, None]) ** 2)
+    return (radius[..., None, None] + 0.5 - d).clamp(0, 1)
 
 
-def _paint(canvas, alpha, colour):
-    """Painter's algorithm: canvas (m, 3, H, W) <- colour over canvas with coverage alpha."""
-    a = alpha[:, None]
-    return canvas * (1 - a) + colour[:, :, None, None] * a
+def _over(alphas):
+    """Painter's algorithm for strokes (n, S, H, W) drawn in order: the weight of each
+    stroke in the final colour, a_s * prod_{s' > s} (1 - a_s'), and the figure's coverage
+    1 - prod_s (1 - a_s)."""
+    through = torch.cumprod((1 - alphas).flip(1), 1).flip(1)  # prod over s' >= s
+    after = torch.cat([through[:, 1:], torch.ones_like(through[:, :1])], 1)
+    return alphas * after, 1 - through[:, 0]
 
 
 def _render_chunk(n, size, people, scale, thickness, occluders, gen, device):
     P_max = people[1]
     H = W = size
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32),
-                            torch.arange(W, dtype=torch.float32), indexing="ij")
-    grid = torch.stack([xs, ys], -1).to(device)  # (H, W, 2): pixel centres
+    ys = torch.arange(H, dtype=torch.float32, device=device)[:, None]  # pixel centres
+    xs = torch.arange(W, dtype=torch.float32, device=device)[None, :]
+    grid = torch.stack(torch.broadcast_tensors(xs, ys), -1)  # (H, W, 2) as (x, y)
 
     # background: a smooth colour gradient plus pixel noise
     corner = _uniform(gen, (n, 3, 2, 2), 0.0, 0.45).float()
@@ -207,23 +214,24 @@ def _render_chunk(n, size, people, scale, thickness, occluders, gen, device):
         joints[:, p] = xy.float()
         on = present[:, p].to(device)
 
-        width = (_uniform(gen, n, *thickness) * height).float().to(device)
+        width = (_uniform(gen, (n, 1), *thickness) * height[:, None]).float().to(device)
         shade = _uniform(gen, (n, 1), 0.8, 1.15).float().to(device)
-        xy_d, head_d, h_d = xy.float().to(device), head_xy.float().to(device), height.float()
-        own = torch.zeros(n, H, W, device=device)
-        strokes = [(_segment_alpha(grid, xy_d[:, a], xy_d[:, b], width), c)
-                   for (a, b), c in _LIMBS]
+        xy_d, head_d = xy.float().to(device), head_xy.float().to(device)
+        h_d = height.float().to(device)[:, None]
+        ends = torch.tensor(_SEGMENTS, device=device)  # (S1, 2) joint pairs
         neck_base = (xy_d[:, 5] + xy_d[:, 6]) / 2
-        strokes.append((_segment_alpha(grid, neck_base, head_d, width), _TRUNK))
-        strokes.append((_disk_alpha(grid, head_d, (_HEAD_R * h_d).to(device)), _TRUNK))
-        dot = (0.022 * h_d).clamp(min=0.6).to(device)
-        for k, colour in ((1, _LEFT), (2, _RIGHT), (3, _LEFT), (4, _RIGHT)):
-            strokes.append((_disk_alpha(grid, xy_d[:, k], dot), colour))
-        for alpha, colour in strokes:
-            alpha = alpha * on[:, None, None]
-            col = (torch.tensor(colour, device=device)[None] * shade).clamp(0, 1)
-            canvas = _paint(canvas, alpha, col)
-            own = torch.maximum(own, alpha)
+        seg_a = torch.cat([xy_d[:, ends[:, 0]], neck_base[:, None]], 1)  # (n, S1 + 1, 2)
+        seg_b = torch.cat([xy_d[:, ends[:, 1]], head_d[:, None]], 1)
+        centres = torch.cat([head_d[:, None], xy_d[:, 1:5]], 1)  # head, eyes, ears
+        radii = torch.cat([_HEAD_R * h_d, (0.022 * h_d).clamp(min=0.6).expand(n, 4)], 1)
+        alphas = torch.cat([_segment_alpha(xs, ys, seg_a, seg_b, width),
+                            _disk_alpha(xs, ys, centres, radii)], 1)  # (n, S, H, W)
+        alphas = alphas * present[:, p].to(device)[:, None, None, None]
+        weights, own = _over(alphas)
+        palette = _PALETTE.to(device)[None] * shade[..., None]  # (n, 3 kinds, 3 rgb)
+        by_kind = torch.stack([weights[:, _KIND == c].sum(1) for c in range(3)], 1)
+        canvas = canvas * (1 - own[:, None]) + torch.einsum("nkhw,nkc->nchw", by_kind,
+                                                            palette.clamp(0, 1))
         cover[:, p] = own
         # joints of earlier people under this figure are hidden
         hidden_by_later[:, :p] |= _sample(own, joints[:, :p].to(device)).cpu() > 0.5
@@ -239,7 +247,7 @@ def _render_chunk(n, size, people, scale, thickness, occluders, gen, device):
                   & (grid[None] <= (x0y0 + wh).float().to(device)[:, None, None] - 0.5))
         alpha = inside.all(-1).float() * on[:, None, None]
         colour = _uniform(gen, (n, 3), 0.15, 0.6).float().to(device)
-        canvas = _paint(canvas, alpha, colour)
+        canvas = canvas * (1 - alpha[:, None]) + colour[:, :, None, None] * alpha[:, None]
         owner = torch.where(alpha > 0.5, torch.full_like(owner, -1), owner)
         occluded |= _sample(alpha, joints.to(device)).cpu() > 0.5
 
@@ -296,7 +304,7 @@ def render_people(
     occluders: float = 0.0,
     seed: int | torch.Generator = 0,
     device: torch.device | str | None = None,
-    chunk: int = 256,
+    chunk: int = 64,
 ) -> People:
     """Render ``n`` images of stick figures with COCO's 17 keypoints; see :class:`People`.
 
