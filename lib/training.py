@@ -26,14 +26,23 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .validate import check_callable, check_positive_int, check_tensor
+from .validate import (
+    FLOAT_DTYPES,
+    check_bool,
+    check_callable,
+    check_int,
+    check_long_tensor,
+    check_positive_int,
+    check_real,
+    check_tensor,
+)
 
 Batch = Sequence[torch.Tensor]
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python's ``random``, NumPy and PyTorch; return a CPU generator seeded alike."""
-    check_positive_int(seed, "seed", minimum=0)
+    check_int(seed, "seed", minimum=0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -43,8 +52,8 @@ def seed_everything(seed: int) -> torch.Generator:
 @contextmanager
 def train_mode(model: nn.Module, mode: bool = True) -> Iterator[nn.Module]:
     """Put ``model`` in training (``mode=True``) or eval mode; restore its mode on exit."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_model(model)
+    check_bool(mode, "mode")
     was_training = model.training
     model.train(mode)
     try:
@@ -61,12 +70,22 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
 
 
-def _check_rate(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be positive and finite, got {value}")
-    return float(value)
+def _check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _check_betas(betas) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+    checked = []
+    for i, b in enumerate(betas):
+        b = check_real(b, f"betas[{i}]", minimum=0.0)
+        if b >= 1.0:  # Adam's moving averages must forget
+            raise ValueError(f"betas[{i}] must be less than 1, got {b}")
+        checked.append(b)
+    return tuple(checked)
 
 
 def train(
@@ -93,16 +112,21 @@ def train(
     dimensions. ``warmup`` defaults to min(100, steps // 10). The model trains in
     training mode and is left in the mode it had.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_model(model)
     check_callable(batch_fn, "batch_fn")
     check_callable(loss_fn, "loss_fn")
     check_positive_int(steps, "steps")
-    lr = _check_rate(lr, "lr")
+    lr = check_real(lr, "lr", minimum=0.0, strict=True)
+    weight_decay = check_real(weight_decay, "weight_decay", minimum=0.0)
     warmup = min(100, steps // 10) if warmup is None else warmup
-    check_positive_int(warmup, "warmup", minimum=0)
+    check_int(warmup, "warmup", minimum=0)
     if grad_clip is not None:
-        grad_clip = _check_rate(grad_clip, "grad_clip")
+        grad_clip = check_real(grad_clip, "grad_clip", minimum=0.0, strict=True)
+    betas = _check_betas(betas)
+    check_int(seed, "seed", minimum=0)
+    check_bool(progress, "progress")
+    if not isinstance(desc, str):
+        raise TypeError(f"desc must be a str, got {type(desc).__name__}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no parameters that require grad")
@@ -136,18 +160,25 @@ def train(
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy in nats (chapter 6, eq. 13).
 
-    logits (B, T, V), targets (B, T) token ids.
+    logits (B, T, V) floating point, targets (B, T) token ids.
     """
+    check_tensor(logits, "logits", ndim=3, dtypes=FLOAT_DTYPES + (torch.float64,))
+    check_long_tensor(targets, "targets", ndim=2)
+    if targets.shape != logits.shape[:2]:
+        raise ValueError(f"targets must have shape (B, T) = {tuple(logits.shape[:2])} to match "
+                         f"logits {tuple(logits.shape)}, got {tuple(targets.shape)}")
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
-def check_tokens(tokens, name: str = "tokens", *, min_len: int = 1) -> torch.Tensor:
-    """Raise unless ``tokens`` is a 1-D LongTensor of at least ``min_len`` token ids."""
-    check_tensor(tokens, name, ndim=1)
-    if tokens.dtype != torch.long:
-        raise TypeError(f"{name} must be a LongTensor of token ids, got {tokens.dtype}")
+def check_tokens(tokens, name: str = "tokens", *, min_len: int = 1,
+                 vocab_size: int | None = None) -> torch.Tensor:
+    """Raise unless ``tokens`` is a 1-D LongTensor of at least ``min_len`` token ids, each
+    in [0, vocab_size) when ``vocab_size`` is given (which reads the values once)."""
+    check_long_tensor(tokens, name, ndim=1)
     if tokens.numel() < min_len:
         raise ValueError(f"{name} must hold at least {min_len} tokens, got {tokens.numel()}")
+    if vocab_size is not None:
+        check_long_tensor(tokens, name, low=0, high=vocab_size)
     return tokens
 
 
@@ -173,10 +204,13 @@ def train_lm(
     of ``model(x).logits``. Other keyword arguments (``lr``, ``warmup``, ``seed``,
     ``progress``, ...) go to :func:`train`. Returns the loss of every step.
     """
+    _check_model(model)
     seq_len = getattr(model, "max_len", None) if seq_len is None else seq_len
     check_positive_int(seq_len, "seq_len")
-    check_tokens(tokens, min_len=seq_len + 1)
+    check_tokens(tokens, min_len=seq_len + 1, vocab_size=getattr(model, "vocab_size", None))
     check_positive_int(batch_size, "batch_size")
+    if loss_fn is not None:
+        check_callable(loss_fn, "loss_fn")
     device = _model_device(model)
     offsets = torch.arange(seq_len + 1)
 
@@ -199,10 +233,11 @@ def evaluate_lm(
     one, so every token after the first is predicted exactly once, from the context of
     its own window. exp of the result is the perplexity (chapter 6, eq. 14).
     """
+    _check_model(model)
     seq_len = getattr(model, "max_len", None) if seq_len is None else seq_len
     check_positive_int(seq_len, "seq_len")
     check_positive_int(batch_size, "batch_size")
-    check_tokens(tokens, min_len=2)
+    check_tokens(tokens, min_len=2, vocab_size=getattr(model, "vocab_size", None))
     device = _model_device(model)
     n = tokens.numel()
     n_full = (n - 1) // seq_len  # full windows; a shorter tail window takes the rest

@@ -12,11 +12,13 @@ H heads of size hd = C / H, V vocabulary size.
   :func:`lib.attention.flash_attention` (the core, chapter 7), merge heads, project.
   Same parameter layout as ``torch.nn.MultiheadAttention`` (``in_proj`` = ``qkv``).
 * :class:`TransformerBlock` (eq. 11): x + MHA(LN(x)), then x + MLP(LN(x)).
-* :class:`TinyLM`: embedding + positions, n blocks, final LayerNorm, tied output layer.
+* :class:`TinyLMConfig` (sizes, as nanoGPT's ``GPTConfig``) and :class:`TinyLM`:
+  embedding + positions, n blocks, final LayerNorm, tied output layer.
   ``forward(idx, past, mask, position_ids, return_hidden)`` serves training, decoding with
   a KV cache, and chapter 9's Medusa (hidden states; a tree of candidates scored in one
   pass with an attention mask and explicit position ids). ``generate`` decodes greedily
-  or by sampling, with or without the cache.
+  or by sampling, with or without the cache; :func:`select_cache` keeps chosen cached
+  positions.
 
 The KV cache ("past") is a list with one ``(k, v)`` pair per block, each (B, H, Tp, hd).
 """
@@ -24,17 +26,36 @@ The KV cache ("past") is a list with one ``(k, v)`` pair per block, each (B, H, 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .attention import flash_attention
-from .validate import FLOAT_DTYPES, check_positive_int, check_tensor
+from .backend import check_backend
+from .training import train_mode
+from .validate import (
+    FLOAT_DTYPES,
+    check_bool,
+    check_int,
+    check_long_tensor,
+    check_positive_int,
+    check_real,
+    check_tensor,
+)
 
 Past = list[tuple[torch.Tensor, torch.Tensor]]
 
 # ----------------------------------------------------------------- positional encodings
+
+
+def _check_frequencies(d, base) -> float:
+    """d even and positive; base a finite number > 1, so that w_i = base^(-2i/d) decreases."""
+    check_positive_int(d, "d")
+    if d % 2:
+        raise ValueError(f"d must be even (sin and cos come in pairs), got {d}")
+    return check_real(base, "base", minimum=1.0, strict=True)
 
 
 def sinusoidal_positions(
@@ -45,11 +66,7 @@ def sinusoidal_positions(
     PE[p, 2i] = sin(p w_i), PE[p, 2i + 1] = cos(p w_i), w_i = base^(-2i / d); d even.
     """
     check_positive_int(n, "n")
-    check_positive_int(d, "d")
-    if d % 2:
-        raise ValueError(f"d must be even (sin and cos come in pairs), got {d}")
-    if not base > 1:
-        raise ValueError(f"base must be greater than 1, got {base}")
+    base = _check_frequencies(d, base)
     p = torch.arange(n, dtype=torch.float64, device=device)[:, None]  # (n, 1)
     w = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)  # (d/2,)
     pe = torch.empty(n, d, dtype=torch.float64, device=device)
@@ -63,11 +80,8 @@ def position_rotation(k: int, d: int, base: float = 10000.0) -> torch.Tensor:
 
     Block diagonal: each (sin, cos) pair of frequency w_i turns by the angle k w_i.
     """
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    check_positive_int(d, "d")
-    if d % 2:
-        raise ValueError(f"d must be even (sin and cos come in pairs), got {d}")
+    check_int(k, "k")
+    base = _check_frequencies(d, base)
     w = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
     c, s = torch.cos(k * w), torch.sin(k * w)
     m = torch.zeros(d, d, dtype=torch.float64)
@@ -81,6 +95,9 @@ def position_rotation(k: int, d: int, base: float = 10000.0) -> torch.Tensor:
 
 
 def _check_past(past_kv, b: int, h: int, hd: int, x: torch.Tensor, name: str = "past"):
+    """One block's cache: a pair (k, v) of (B, H, Tp, hd) tensors with x's dtype and device."""
+    if not isinstance(past_kv, (tuple, list)) or len(past_kv) != 2:
+        raise TypeError(f"{name} must be a pair (k, v) of tensors, got {type(past_kv).__name__}")
     k, v = past_kv
     for part, t in (("k", k), ("v", v)):
         check_tensor(t, f"{name} {part}", ndim=4)
@@ -111,8 +128,9 @@ class MultiHeadAttention(nn.Module):
         check_positive_int(n_heads, "n_heads")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        check_bool(bias, "bias")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
-        self.backend = backend
+        self.backend = check_backend(backend)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.proj = nn.Linear(d_model, d_model, bias=bias)
 
@@ -131,6 +149,7 @@ class MultiHeadAttention(nn.Module):
         Returns y (B, T, C) and the updated cache (k, v), each (B, H, Tp + T, hd).
         """
         check_tensor(x, "x", ndim=3, dtypes=FLOAT_DTYPES)
+        check_bool(causal, "causal")
         b, t, c = x.shape
         if c != self.d_model:
             raise ValueError(f"x must have last dim d_model={self.d_model}, got {c}")
@@ -149,7 +168,9 @@ class MultiHeadAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm residual block (eq. 11): x + MHA(LN1(x)), then x + MLP(LN2(x)).
 
-    x: (B, T, C) -> (B, T, C). Causal self-attention; the MLP is C -> 4C -> C with GELU.
+    x: (B, T, C) -> (B, T, C). Causal self-attention; the MLP is C -> mlp_ratio C -> C with
+    GELU. ``residual_projections`` are the two layers that write into the residual
+    stream (``attn.proj`` and the MLP's output layer).
     """
 
     def __init__(self, d_model: int, n_heads: int, mlp_ratio: int = 4, backend: str = "auto"):
@@ -163,6 +184,7 @@ class TransformerBlock(nn.Module):
             nn.GELU(),
             nn.Linear(mlp_ratio * d_model, d_model),
         )
+        self.residual_projections = (self.attn.proj, self.mlp[2])
 
     def forward(self, x, past=None, mask=None):
         """x: (B, T, C); past, mask as in :class:`MultiHeadAttention`. Returns (x, (k, v))."""
@@ -170,6 +192,29 @@ class TransformerBlock(nn.Module):
         x = x + a  # the residual path: gradient 1 straight to the input
         x = x + self.mlp(self.ln2(x))
         return x, present
+
+
+def _check_cache(past) -> int:
+    """A non-empty list of (k, v) pairs of 4-D tensors; returns Tp, the cached length."""
+    if not isinstance(past, (list, tuple)):
+        raise TypeError(f"past must be a list of (k, v) pairs, one per block, "
+                        f"got {type(past).__name__}")
+    if not past:
+        raise ValueError("past must hold at least one block's (k, v), got an empty list")
+    for i, kv in enumerate(past):
+        if not isinstance(kv, (tuple, list)) or len(kv) != 2:
+            raise TypeError(f"past[{i}] must be a pair (k, v) of tensors, got {type(kv).__name__}")
+        for part, t in zip("kv", kv, strict=True):
+            check_tensor(t, f"past[{i}] {part}", ndim=4)
+    return past[0][0].shape[2]
+
+
+def _check_idx_shape(idx, name: str) -> None:
+    """A (B, T) LongTensor with B, T >= 1 (dtype and shape only: no device sync)."""
+    check_long_tensor(idx, name, ndim=2)
+    if idx.shape[0] < 1 or idx.shape[1] < 1:
+        raise ValueError(f"{name} must hold at least one sequence of at least one token, "
+                         f"got shape {tuple(idx.shape)}")
 
 
 class LMOutput(NamedTuple):
@@ -180,58 +225,99 @@ class LMOutput(NamedTuple):
     hidden: torch.Tensor | None  # (B, T, C) after the final LayerNorm, if asked for
 
 
+@dataclass(frozen=True)
+class TinyLMConfig:
+    """The sizes of a :class:`TinyLM` (as nanoGPT's ``GPTConfig``), checked when made.
+
+    vocab_size V, d_model C (even, for the sin/cos pairs of eq. 7, and divisible by
+    n_heads), n_heads H, n_layers (blocks), max_len (positions in the table), mlp_ratio
+    (the MLP's hidden width over C).
+    """
+
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    n_layers: int
+    max_len: int
+    mlp_ratio: int = 4
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_len", "mlp_ratio"):
+            check_positive_int(getattr(self, name), name)
+        if self.d_model % 2:
+            raise ValueError(f"d_model must be even for sinusoidal positions, got {self.d_model}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by "
+                             f"n_heads={self.n_heads}")
+
+
 class TinyLM(nn.Module):
     """A decoder-only character language model: embedding, sinusoidal positions, blocks.
 
+    ``TinyLM(TinyLMConfig(vocab_size=65, d_model=64, n_heads=4, n_layers=2, max_len=64))``.
     Token embeddings are scaled by sqrt(C) and tied to the output layer, as in Vaswani
     et al.; positions come from :func:`sinusoidal_positions` (no learned position table),
     so any position below ``max_len`` can be addressed, including the repeated positions
-    of a tree of candidates.
+    of a tree of candidates. ``backend`` goes to every block's attention.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int,
-        n_heads: int,
-        n_layers: int,
-        max_len: int,
-        mlp_ratio: int = 4,
-        backend: str = "auto",
-    ):
+    def __init__(self, config: TinyLMConfig, backend: str = "auto"):
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("d_model", d_model),
-                            ("n_layers", n_layers), ("max_len", max_len)):
-            check_positive_int(value, name)
-        if d_model % 2:
-            raise ValueError(f"d_model must be even for sinusoidal positions, got {d_model}")
-        self.vocab_size, self.d_model, self.max_len = vocab_size, d_model, max_len
-        self.n_heads, self.n_layers = n_heads, n_layers
-        self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.register_buffer("pos_table", sinusoidal_positions(max_len, d_model), persistent=False)
+        if not isinstance(config, TinyLMConfig):
+            raise TypeError(f"config must be a TinyLMConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
+        self.register_buffer("pos_table", sinusoidal_positions(c.max_len, c.d_model),
+                             persistent=False)
         self.blocks = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, mlp_ratio, backend) for _ in range(n_layers)
+            TransformerBlock(c.d_model, c.n_heads, c.mlp_ratio, backend)
+            for _ in range(c.n_layers)
         )
-        self.ln_f = nn.LayerNorm(d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.ln_f = nn.LayerNorm(c.d_model)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying
-        self._init_weights()
+        residual = {id(m) for block in self.blocks for m in block.residual_projections}
+        self.apply(lambda module: self._init_weights(module, id(module) in residual))
 
-    def _init_weights(self):
-        # nanoGPT/GPT-2: N(0, 0.02) weights, zero biases, residual projections shrunk by
-        # 1/sqrt(2 n_layers) so that the residual stream's variance does not grow with depth.
-        for name, p in self.named_parameters():
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif p.dim() == 2:
-                std = 0.02
-                if name.endswith(("attn.proj.weight", "mlp.2.weight")):
-                    std = 0.02 / math.sqrt(2 * self.n_layers)
-                nn.init.normal_(p, 0.0, std)
-        nn.init.normal_(self.tok_emb.weight, 0.0, self.d_model ** -0.5)  # sqrt(C) x -> N(0, 1)
+    # the sizes, read from the config
+    vocab_size = property(lambda self: self.config.vocab_size)
+    d_model = property(lambda self: self.config.d_model)
+    n_heads = property(lambda self: self.config.n_heads)
+    n_layers = property(lambda self: self.config.n_layers)
+    max_len = property(lambda self: self.config.max_len)
+
+    def _init_weights(self, module: nn.Module, residual: bool) -> None:
+        # nanoGPT/GPT-2: N(0, 0.02) weights and zero biases; the residual projections shrunk
+        # by 1/sqrt(2 n_layers) so that the residual stream's variance does not grow with
+        # depth; token embeddings N(0, 1/C), so that sqrt(C) x embedding is N(0, 1).
+        if module is self.lm_head:
+            return  # tied: its weight is the token embedding, initialised as one
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if residual:
+                std = 0.02 / math.sqrt(2 * self.n_layers)
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, self.d_model ** -0.5)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
     def num_parameters(self) -> int:
+        """Parameters, the tied embedding counted once."""
         return sum(p.numel() for p in self.parameters())
+
+    def check_token_ids(self, idx, name: str = "idx") -> torch.Tensor:
+        """Raise unless ``idx`` is a (B, T) LongTensor, B, T >= 1, of ids in [0, vocab_size).
+
+        Reads the values (one device sync): :meth:`generate` calls it once for the prompt;
+        call it yourself before a decoding loop of your own that passes ``check_ids=False``.
+        """
+        _check_idx_shape(idx, name)
+        return check_long_tensor(idx, name, low=0, high=self.vocab_size)
 
     def forward(
         self,
@@ -240,6 +326,7 @@ class TinyLM(nn.Module):
         mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         return_hidden: bool = False,
+        check_ids: bool = True,
     ) -> LMOutput:
         """Next-token logits for the T tokens ``idx`` (B, T), after the cached ``past``.
 
@@ -249,36 +336,38 @@ class TinyLM(nn.Module):
         node after its ancestors) with mask[i, j] = "j is i or an ancestor of i".
         position_ids: None (Tp, Tp + 1, ..., Tp + T - 1) or a LongTensor (T,) / (B, T)
         with values below ``max_len``, e.g. prefix length + depth for tree nodes.
+        check_ids: check that the values of ``idx`` and ``position_ids`` are in range,
+        which reads them (a device sync per call). A decoding loop whose ids come from
+        the model itself passes False after checking its prompt once (as :meth:`generate`
+        does); shapes and dtypes are always checked.
         Returns :class:`LMOutput` (logits (B, T, V), the new past, hidden (B, T, C) or None).
         """
-        check_tensor(idx, "idx", ndim=2)
-        if idx.dtype != torch.long:
-            raise TypeError(f"idx must be a LongTensor of token ids, got {idx.dtype}")
+        check_bool(check_ids, "check_ids")
+        check_bool(return_hidden, "return_hidden")
+        if check_ids:
+            self.check_token_ids(idx)
+        else:
+            _check_idx_shape(idx, "idx")
         b, t = idx.shape
-        if t < 1:
-            raise ValueError("idx must hold at least one token per row, got T=0")
-        if idx.min() < 0 or idx.max() >= self.vocab_size:
-            raise ValueError(f"idx must hold token ids in [0, {self.vocab_size}), got values "
-                             f"in [{int(idx.min())}, {int(idx.max())}]")
-        if past is not None and len(past) != self.n_layers:
-            raise ValueError(f"past must hold one (k, v) per block ({self.n_layers}), "
-                             f"got {len(past)}")
-        t_past = 0 if past is None else past[0][0].shape[2]
+        t_past = 0
+        if past is not None:
+            t_past = _check_cache(past)
+            if len(past) != self.n_layers:
+                raise ValueError(f"past must hold one (k, v) per block ({self.n_layers}), "
+                                 f"got {len(past)}")
         if position_ids is None:
             if t_past + t > self.max_len:
                 raise ValueError(f"the sequence (Tp + T = {t_past} + {t}) is longer than "
                                  f"max_len={self.max_len}")
             position_ids = torch.arange(t_past, t_past + t, device=idx.device)
         else:
-            check_tensor(position_ids, "position_ids", ndim=(1, 2))
-            if position_ids.dtype != torch.long:
-                raise TypeError(f"position_ids must be a LongTensor, got {position_ids.dtype}")
+            check_long_tensor(position_ids, "position_ids", ndim=(1, 2))
             if position_ids.shape[-1] != t or (position_ids.dim() == 2
                                                and position_ids.shape[0] != b):
                 raise ValueError(f"position_ids must have shape ({t},) or ({b}, {t}), got "
                                  f"{tuple(position_ids.shape)}")
-            if position_ids.min() < 0 or position_ids.max() >= self.max_len:
-                raise ValueError(f"position_ids must lie in [0, max_len={self.max_len})")
+            if check_ids:
+                check_long_tensor(position_ids, "position_ids", low=0, high=self.max_len)
         x = self.tok_emb(idx) * math.sqrt(self.d_model) + self.pos_table[position_ids]  # (B,T,C)
         present = []
         for i, block in enumerate(self.blocks):
@@ -306,47 +395,48 @@ class TinyLM(nn.Module):
         The model sees at most the last ``max_len`` tokens. Once the sequence is longer,
         every step reruns that window: positions are absolute, so a cache computed at
         positions 0.. cannot slide along with the window.
+        The prompt's ids are checked once; the loop itself reads nothing back from the
+        device but the sampled tokens' concatenation (no range checks per step).
         """
-        check_tensor(prompt, "prompt", ndim=2)
-        if prompt.dtype != torch.long:
-            raise TypeError(f"prompt must be a LongTensor of token ids, got {prompt.dtype}")
-        check_positive_int(max_new_tokens, "max_new_tokens", minimum=0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not temperature >= 0:
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        self.check_token_ids(prompt, "prompt")
+        check_int(max_new_tokens, "max_new_tokens", minimum=0)
+        temperature = check_real(temperature, "temperature", minimum=0.0)
         if top_k is not None:
             check_positive_int(top_k, "top_k")
-        was_training = self.training
-        self.eval()
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, "
+                            f"got {type(generator).__name__}")
+        check_bool(use_cache, "use_cache")
         seq, past = prompt, None
-        for _ in range(max_new_tokens):
-            if use_cache and past is not None and seq.shape[1] <= self.max_len:
-                out = self(seq[:, -1:], past=past)  # one new token against the cache
-            else:
-                out = self(seq[:, -self.max_len :])  # the whole (windowed) sequence
-            past = out.past
-            logits = out.logits[:, -1, :].float()  # (B, V)
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None and top_k < logits.shape[-1]:
-                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, -math.inf)
-                probs = torch.softmax(logits, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-            seq = torch.cat([seq, nxt], dim=1)
-        self.train(was_training)
+        with train_mode(self, False):
+            for _ in range(max_new_tokens):
+                if use_cache and past is not None and seq.shape[1] <= self.max_len:
+                    out = self(seq[:, -1:], past=past, check_ids=False)  # one token, the cache
+                else:
+                    out = self(seq[:, -self.max_len :], check_ids=False)  # the whole window
+                past = out.past
+                logits = out.logits[:, -1, :].float()  # (B, V)
+                if temperature == 0:
+                    nxt = logits.argmax(dim=-1, keepdim=True)
+                else:
+                    logits = logits / temperature
+                    if top_k is not None and top_k < logits.shape[-1]:
+                        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+                        logits = logits.masked_fill(logits < kth, -math.inf)
+                    probs = torch.softmax(logits, dim=-1)
+                    nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                seq = torch.cat([seq, nxt], dim=1)
         return seq
 
 
 def select_cache(past: Past, index: torch.Tensor) -> Past:
     """Keep the cached positions ``index`` (1-D LongTensor) of every block, in that order.
 
+    past: one (k, v) per block, each (B, H, Tp, hd); index: values in [0, Tp) (checked:
+    one device sync). Returns one (k, v) per block, each (B, H, len(index), hd).
     After a tree of candidates was verified (chapter 9), the cache holds the prefix and
     every node; keeping the prefix and the accepted path makes it a plain cache again.
     """
-    check_tensor(index, "index", ndim=1)
-    if index.dtype != torch.long:
-        raise TypeError(f"index must be a LongTensor, got {index.dtype}")
+    t_past = _check_cache(past)
+    check_long_tensor(index, "index", ndim=1, low=0, high=t_past)
     return [(k.index_select(2, index), v.index_select(2, index)) for k, v in past]

@@ -17,13 +17,13 @@ from lib.training import (
     train_lm,
     train_mode,
 )
-from lib.transformer import TinyLM
+from lib.transformer import TinyLM, TinyLMConfig
 
 
 def tiny(seed=0, **kw):
     torch.manual_seed(seed)
-    args = dict(vocab_size=11, d_model=16, n_heads=2, n_layers=2, max_len=40) | kw
-    return TinyLM(**args, backend="torch").eval()
+    sizes = dict(vocab_size=11, d_model=16, n_heads=2, n_layers=2, max_len=40) | kw
+    return TinyLM(TinyLMConfig(**sizes), backend="torch").eval()
 
 
 def regression_batches(w_true):
@@ -160,40 +160,93 @@ def test_evaluate_lm_equals_direct_cross_entropy():
 # ------------------------------------------------------------------------------ bad input
 
 
-def test_training_bad_input():
+MODEL = tiny()
+TOKENS = torch.arange(100) % 11
+BATCH_FN = regression_batches(torch.ones(3, 2))
+
+
+def linear_train(**kw):
+    return train(nn.Linear(3, 2), BATCH_FN, mse, **({"steps": 1, "progress": False} | kw))
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        # train: wrong types, sizes, strings, NaN/inf
+        (lambda: train(lambda x: x, BATCH_FN, mse, steps=1), TypeError,
+         "model must be a torch.nn.Module"),
+        (lambda: train(nn.Linear(3, 2), [1, 2], mse, steps=1), TypeError,
+         "batch_fn must be callable"),
+        (lambda: train(nn.Linear(3, 2), BATCH_FN, "mse", steps=1), TypeError,
+         "loss_fn must be callable"),
+        (lambda: linear_train(steps=0), ValueError, "steps must be at least 1"),
+        (lambda: linear_train(steps=2.5), TypeError, "steps must be an int"),
+        (lambda: linear_train(lr=0.0), ValueError, "lr must be greater than 0"),
+        (lambda: linear_train(lr=-1e-3), ValueError, "lr must be greater than 0"),
+        (lambda: linear_train(lr=float("nan")), ValueError, "lr must be finite"),
+        (lambda: linear_train(lr=float("inf")), ValueError, "lr must be finite"),
+        (lambda: linear_train(lr="1e-3"), TypeError, "lr must be a real number"),
+        (lambda: linear_train(weight_decay=-0.1), ValueError, "weight_decay must be at least 0"),
+        (lambda: linear_train(weight_decay="0.1"), TypeError, "weight_decay must be a real"),
+        (lambda: linear_train(warmup=-1), ValueError, "warmup must be at least 0"),
+        (lambda: linear_train(warmup=1.5), TypeError, "warmup must be an int"),
+        (lambda: linear_train(grad_clip=-1.0), ValueError, "grad_clip must be greater than 0"),
+        (lambda: linear_train(grad_clip=float("nan")), ValueError, "grad_clip must be finite"),
+        (lambda: linear_train(betas=0.9), TypeError, "betas must be a pair"),
+        (lambda: linear_train(betas=(0.9, 1.0)), ValueError, r"betas\[1\] must be less than 1"),
+        (lambda: linear_train(betas=(-0.1, 0.99)), ValueError, r"betas\[0\] must be at least"),
+        (lambda: linear_train(seed=-1), ValueError, "seed must be at least 0"),
+        (lambda: linear_train(seed="0"), TypeError, "seed must be an int"),
+        (lambda: linear_train(progress="no"), TypeError, "progress must be a bool"),
+        (lambda: linear_train(desc=3), TypeError, "desc must be a str"),
+        (lambda: seed_everything(-1), ValueError, "seed must be at least 0"),
+        (lambda: seed_everything(1.0), TypeError, "seed must be an int"),
+        (lambda: train_mode("model").__enter__(), TypeError, "model must be a torch.nn.Module"),
+        (lambda: train_mode(MODEL, "no").__enter__(), TypeError, "mode must be a bool"),
+        # language models: tokens type, rank, dtype, length, values; sizes; loss_fn
+        (lambda: train_lm(MODEL, TOKENS[:40], steps=1), ValueError, "at least 41 tokens"),
+        (lambda: train_lm(MODEL, TOKENS.float(), steps=1, seq_len=8), TypeError,
+         "tokens must be a LongTensor"),
+        (lambda: train_lm(MODEL, TOKENS.tolist(), steps=1, seq_len=8), TypeError,
+         "tokens must be a torch.Tensor"),
+        (lambda: train_lm(MODEL, TOKENS + 5, steps=1, seq_len=8), ValueError,
+         r"tokens must hold values in \[0, 11\)"),
+        (lambda: train_lm(MODEL, TOKENS, steps=0, seq_len=8), ValueError,
+         "steps must be at least 1"),
+        (lambda: train_lm(MODEL, TOKENS, steps=1, seq_len=0), ValueError,
+         "seq_len must be at least 1"),
+        (lambda: train_lm(MODEL, TOKENS, steps=1, seq_len=8, batch_size=0), ValueError,
+         "batch_size must be at least 1"),
+        (lambda: train_lm(MODEL, TOKENS, steps=1, seq_len=8, loss_fn="ce"), TypeError,
+         "loss_fn must be callable"),
+        (lambda: train_lm(MODEL, TOKENS, steps=1, seq_len=8, lr=0.0), ValueError,
+         "lr must be greater than 0"),
+        (lambda: train_lm("model", TOKENS, steps=1, seq_len=8), TypeError,
+         "model must be a torch.nn.Module"),
+        (lambda: evaluate_lm(MODEL, TOKENS[None]), ValueError, "tokens must have 1 dim"),
+        (lambda: evaluate_lm(MODEL, TOKENS[:1]), ValueError, "at least 2 tokens"),
+        (lambda: evaluate_lm(MODEL, TOKENS - 1), ValueError, "tokens must hold values in"),
+        (lambda: evaluate_lm(MODEL, TOKENS, batch_size=-2), ValueError,
+         "batch_size must be at least 1"),
+        (lambda: lm_loss(torch.randn(2, 5), torch.zeros(2, dtype=torch.long)), ValueError,
+         "logits must have 3 dimensions"),
+        (lambda: lm_loss(torch.randn(2, 5, 7), torch.zeros(2, 4, dtype=torch.long)), ValueError,
+         r"targets must have shape \(B, T\) = \(2, 5\)"),
+        (lambda: lm_loss(torch.randn(2, 5, 7), torch.zeros(2, 5)), TypeError,
+         "targets must be a LongTensor"),
+        (lambda: lm_loss(torch.zeros(2, 5, 7, dtype=torch.long), torch.zeros(2, 5,
+                                                                          dtype=torch.long)),
+         TypeError, "logits must have dtype"),
+    ],
+)
+def test_bad_input_is_named(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
+
+
+def test_a_model_with_nothing_to_train_is_refused():
     model = tiny()
-    tokens = torch.arange(100) % 11
-    batch_fn = regression_batches(torch.ones(3, 2))
-    with pytest.raises(ValueError, match="at least 41 tokens"):
-        train_lm(model, tokens[:40], steps=1, progress=False)
-    with pytest.raises(TypeError, match="tokens must be a LongTensor"):
-        train_lm(model, tokens.float(), steps=1, seq_len=8, progress=False)
-    with pytest.raises(ValueError, match="steps must be at least 1"):
-        train_lm(model, tokens, steps=0, seq_len=8, progress=False)
-    with pytest.raises(ValueError, match="lr must be positive"):
-        train_lm(model, tokens, steps=1, seq_len=8, lr=0.0, progress=False)
-    with pytest.raises(ValueError, match="lr must be positive"):
-        train(nn.Linear(3, 2), batch_fn, mse, steps=1, lr=float("nan"), progress=False)
-    with pytest.raises(TypeError, match="lr must be a number"):
-        train(nn.Linear(3, 2), batch_fn, mse, steps=1, lr="1e-3", progress=False)
-    with pytest.raises(ValueError, match="grad_clip must be positive"):
-        train(nn.Linear(3, 2), batch_fn, mse, steps=1, grad_clip=-1.0, progress=False)
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        train(lambda x: x, batch_fn, mse, steps=1, progress=False)
-    with pytest.raises(TypeError, match="batch_fn must be callable"):
-        train(nn.Linear(3, 2), [1, 2], mse, steps=1, progress=False)
-    with pytest.raises(TypeError, match="loss_fn must be callable"):
-        train(nn.Linear(3, 2), batch_fn, "mse", steps=1, progress=False)
-    with pytest.raises(TypeError, match="steps must be an int"):
-        train(nn.Linear(3, 2), batch_fn, mse, steps=2.5, progress=False)
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        with train_mode("model"):
-            pass
-    with pytest.raises(ValueError, match="seed must be at least 0"):
-        seed_everything(-1)
     for p in model.parameters():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no parameters that require grad"):
-        train_lm(model, tokens, steps=1, seq_len=8, progress=False)
-    with pytest.raises(ValueError, match="tokens must have 1 dimensions"):
-        evaluate_lm(model, tokens[None])
+        train_lm(model, TOKENS, steps=1, seq_len=8, progress=False)

@@ -13,6 +13,7 @@ from lib.attention import attention_reference
 from lib.transformer import (
     MultiHeadAttention,
     TinyLM,
+    TinyLMConfig,
     TransformerBlock,
     position_rotation,
     select_cache,
@@ -22,10 +23,10 @@ from lib.transformer import (
 ATOL = 1e-5  # fp32 everywhere: differences are summation order only
 
 
-def tiny(seed=0, **kw):
+def tiny(seed=0, backend="auto", **kw):
     torch.manual_seed(seed)
-    args = dict(vocab_size=11, d_model=16, n_heads=2, n_layers=2, max_len=40) | kw
-    return TinyLM(**args).eval()
+    sizes = dict(vocab_size=11, d_model=16, n_heads=2, n_layers=2, max_len=40) | kw
+    return TinyLM(TinyLMConfig(**sizes), backend=backend).eval()
 
 
 # ------------------------------------------------------------------------- positions
@@ -124,7 +125,7 @@ def test_mha_passes_backend_to_flash_attention(monkeypatch):
     x = torch.randn(1, 3, 8)
     MultiHeadAttention(8, 2)(x)
     MultiHeadAttention(8, 2, backend="torch")(x)
-    TinyLM(5, 8, 2, 1, 8, backend="triton")(torch.zeros(1, 3, dtype=torch.long))
+    TinyLM(TinyLMConfig(5, 8, 2, 1, 8), backend="triton")(torch.zeros(1, 3, dtype=torch.long))
     assert seen == ["auto", "torch", "triton"]
 
 
@@ -273,27 +274,155 @@ def test_tree_masks_per_batch_row():
     torch.testing.assert_close(out.logits[1], torch.stack(row1), atol=ATOL, rtol=0)
 
 
+# ---------------------------------------------------------- initialisation, host syncs
+
+
+def test_weights_initialised_by_module_type():
+    torch.manual_seed(0)
+    config = TinyLMConfig(vocab_size=300, d_model=64, n_heads=4, n_layers=8, max_len=16)
+    model = TinyLM(config)
+    assert model.config is config and model.lm_head.weight is model.tok_emb.weight
+    assert (model.max_len, model.vocab_size, model.n_layers) == (16, 300, 8)
+    residual = {id(m) for b in model.blocks for m in b.residual_projections}
+    assert len(residual) == 16  # attn.proj and the MLP's output layer, in each of 8 blocks
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            assert torch.equal(module.weight, torch.ones_like(module.weight)), name
+            assert torch.equal(module.bias, torch.zeros_like(module.bias)), name
+        elif isinstance(module, torch.nn.Linear) and module is not model.lm_head:
+            assert torch.equal(module.bias, torch.zeros_like(module.bias)), name
+            std = 0.02 / math.sqrt(2 * 8) if id(module) in residual else 0.02
+            # a sample std of n >= 4096 normal draws is within 5% of sigma (~3.5 std errors)
+            assert module.weight.std().item() == pytest.approx(std, rel=0.05), name
+    emb_std = model.tok_emb.weight.std().item()
+    assert emb_std == pytest.approx(64**-0.5, rel=0.05)  # sqrt(C) x embedding ~ N(0, 1)
+
+
+def test_generate_checks_the_prompt_once_and_never_in_the_loop(monkeypatch):
+    """The range check reads the ids back from the device: once per generate, not per step."""
+    model = tiny()
+    value_checks = []
+    original = tr.check_long_tensor
+
+    def counting(x, name, **kw):
+        if kw.get("low") is not None or kw.get("high") is not None:
+            value_checks.append(name)
+        return original(x, name, **kw)
+
+    monkeypatch.setattr(tr, "check_long_tensor", counting)
+    out = model.generate(torch.zeros(2, 3, dtype=torch.long), 15)
+    assert out.shape == (2, 18) and value_checks == ["prompt"]
+    model(out[:, :5])  # a user's own call is checked
+    assert value_checks == ["prompt", "idx"]
+
+
+def test_unchecked_forward_equals_checked():
+    model = tiny()
+    idx = torch.randint(0, 11, (2, 7))
+    pos = torch.tensor([0, 1, 2, 2, 3, 3, 4])
+    a = model(idx, position_ids=pos).logits
+    b = model(idx, position_ids=pos, check_ids=False).logits
+    assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------ bad input
+
+MODEL = tiny()
+IDX = torch.zeros(1, 4, dtype=torch.long)
+PAST = MODEL(IDX).past
 
 
 @pytest.mark.parametrize(
-    "fn, error, match",
+    "call, error, match",
     [
+        # positions: sizes, strings, NaN/inf, a base that makes the frequencies grow
         (lambda: sinusoidal_positions(4, 5), ValueError, "d must be even"),
         (lambda: sinusoidal_positions(0, 4), ValueError, "n must be at least 1"),
-        (lambda: sinusoidal_positions(4, 4, base=1.0), ValueError, "base"),
+        (lambda: sinusoidal_positions(4, 4, base=1.0), ValueError, "base must be greater than 1"),
+        (lambda: sinusoidal_positions(4, 4, base="1e4"), TypeError, "base must be a real"),
+        (lambda: sinusoidal_positions(4, 4, base=math.inf), ValueError, "base must be finite"),
+        (lambda: sinusoidal_positions(4.0, 4), TypeError, "n must be an int"),
         (lambda: position_rotation(1.5, 4), TypeError, "k must be an int"),
+        (lambda: position_rotation("1", 4), TypeError, "k must be an int"),
         (lambda: position_rotation(1, 3), ValueError, "d must be even"),
+        (lambda: position_rotation(1, 0), ValueError, "d must be at least 1"),
+        (lambda: position_rotation(1, 4, base=-10000.0), ValueError,
+         "base must be greater than 1"),
+        (lambda: position_rotation(1, 4, base=math.nan), ValueError, "base must be finite"),
+        # modules and config: sizes, divisibility, strings, unknown backend
         (lambda: MultiHeadAttention(10, 3), ValueError, "divisible by n_heads"),
-        (lambda: MultiHeadAttention(8, 0), ValueError, "n_heads"),
-        (lambda: TinyLM(0, 8, 2, 1, 8), ValueError, "vocab_size"),
-        (lambda: TinyLM(5, 6, 2, 1, 8).forward(torch.zeros(1, 2)), TypeError, "idx"),
-        (lambda: TinyLM(5, 9, 3, 1, 8), ValueError, "d_model must be even"),
+        (lambda: MultiHeadAttention(8, 0), ValueError, "n_heads must be at least 1"),
+        (lambda: MultiHeadAttention(8, 2, bias="no"), TypeError, "bias must be a bool"),
+        (lambda: MultiHeadAttention(8, 2, backend="cuda"), ValueError, "backend must be one of"),
+        (lambda: TransformerBlock(8, 2, mlp_ratio=0), ValueError, "mlp_ratio must be at least"),
+        (lambda: TinyLMConfig(0, 8, 2, 1, 8), ValueError, "vocab_size must be at least 1"),
+        (lambda: TinyLMConfig(5, 9, 3, 1, 8), ValueError, "d_model must be even"),
+        (lambda: TinyLMConfig(5, 10, 4, 1, 8), ValueError, "divisible by n_heads=4"),
+        (lambda: TinyLMConfig(5, 8, 2, -1, 8), ValueError, "n_layers must be at least 1"),
+        (lambda: TinyLMConfig(5, 8, 2, 1, 8.0), TypeError, "max_len must be an int"),
+        (lambda: TinyLMConfig("5", 8, 2, 1, 8), TypeError, "vocab_size must be an int"),
+        (lambda: TinyLM({"vocab_size": 5}), TypeError, "config must be a TinyLMConfig"),
+        (lambda: TinyLM(TinyLMConfig(5, 8, 2, 1, 8), backend="gpu"), ValueError,
+         "backend must be one of"),
+        # forward: type, rank, dtype, empty, values, lengths, past, position ids, mask
+        (lambda: MODEL(torch.zeros(1, 2)), TypeError, "idx must be a LongTensor"),
+        (lambda: MODEL([[1, 2]]), TypeError, "idx must be a torch.Tensor"),
+        (lambda: MODEL(torch.zeros(4, dtype=torch.long)), ValueError, "idx must have 2 dim"),
+        (lambda: MODEL(torch.zeros(1, 0, dtype=torch.long)), ValueError, "at least one token"),
+        (lambda: MODEL(torch.zeros(0, 3, dtype=torch.long)), ValueError, "at least one sequence"),
+        (lambda: MODEL(torch.zeros(0, 3, dtype=torch.long), check_ids=False), ValueError,
+         "at least one sequence"),
+        (lambda: MODEL(torch.full((1, 2), 11)), ValueError, r"idx must hold values in \[0, 11\)"),
+        (lambda: MODEL(torch.full((1, 2), -1)), ValueError, "idx must hold values in"),
+        (lambda: MODEL(torch.zeros(1, 41, dtype=torch.long)), ValueError,
+         "longer than max_len=40"),
+        (lambda: MODEL(IDX, past=PAST[:1]), ValueError, r"one \(k, v\) per block \(2\)"),
+        (lambda: MODEL(IDX, past=PAST[0][0]), TypeError, "past must be a list of"),
+        (lambda: MODEL(IDX, past=[PAST[0][0], PAST[1][0]]), TypeError,
+         r"past\[0\] must be a pair"),
+        (lambda: MODEL(IDX, past=[(PAST[0][0][0], PAST[0][1])] * 2), ValueError,
+         r"past\[0\] k must have 4 dimensions"),
+        (lambda: MODEL(torch.zeros(2, 4, dtype=torch.long), past=PAST), ValueError,
+         r"past k must have shape \(B, H, Tp, hd\) = \(2,"),
+        (lambda: MODEL(IDX, position_ids=torch.arange(3)), ValueError,
+         "position_ids must have shape"),
+        (lambda: MODEL(IDX, position_ids=torch.arange(4.0)), TypeError,
+         "position_ids must be a LongTensor"),
+        (lambda: MODEL(IDX, position_ids=torch.arange(4) + 37), ValueError,
+         r"position_ids must hold values in \[0, 40\)"),
+        (lambda: MODEL(IDX, mask=torch.ones(3, 2, dtype=torch.bool)), ValueError, "mask must"),
+        (lambda: MODEL(IDX, mask=torch.ones(4, 4)), TypeError, "mask must have dtype bool"),
+        (lambda: MODEL(IDX, return_hidden="yes"), TypeError, "return_hidden must be a bool"),
+        (lambda: MODEL(IDX, check_ids=0), TypeError, "check_ids must be a bool"),
+        # generate: the prompt is named prompt; sizes, strings, NaN, generator
+        (lambda: MODEL.generate(IDX.float(), 3), TypeError, "prompt must be a LongTensor"),
+        (lambda: MODEL.generate(IDX[0], 3), ValueError, "prompt must have 2 dimensions"),
+        (lambda: MODEL.generate(IDX[:, :0], 3), ValueError, "prompt must hold at least one"),
+        (lambda: MODEL.generate(IDX + 11, 3), ValueError, r"prompt must hold values in \[0, 11"),
+        (lambda: MODEL.generate(IDX, -1), ValueError, "max_new_tokens must be at least 0"),
+        (lambda: MODEL.generate(IDX, 2.0), TypeError, "max_new_tokens must be an int"),
+        (lambda: MODEL.generate(IDX, 3, temperature=-0.5), ValueError, "temperature must be"),
+        (lambda: MODEL.generate(IDX, 3, temperature="hot"), TypeError, "temperature must be a"),
+        (lambda: MODEL.generate(IDX, 3, temperature=math.nan), ValueError,
+         "temperature must be finite"),
+        (lambda: MODEL.generate(IDX, 3, temperature=1.0, top_k=0), ValueError,
+         "top_k must be at least 1"),
+        (lambda: MODEL.generate(IDX, 3, generator=0), TypeError, "generator must be a torch"),
+        (lambda: MODEL.generate(IDX, 3, use_cache="no"), TypeError, "use_cache must be a bool"),
+        # select_cache: past the cache, negative, wrong dtype, not a cache
+        (lambda: select_cache(PAST, torch.tensor([0, 4])), ValueError,
+         r"index must hold values in \[0, 4\), got values in \[0, 4\]"),
+        (lambda: select_cache(PAST, torch.tensor([-1])), ValueError, "index must hold values"),
+        (lambda: select_cache(PAST, torch.tensor([0.0])), TypeError, "index must be a LongTensor"),
+        (lambda: select_cache(PAST, torch.tensor([[0]])), ValueError, "index must have 1 dim"),
+        (lambda: select_cache([], torch.tensor([0])), ValueError, "past must hold at least one"),
+        (lambda: select_cache(PAST[0], torch.tensor([0])), TypeError, r"past\[0\] must be a"),
+        (lambda: select_cache("past", torch.tensor([0])), TypeError, "past must be a list"),
     ],
 )
-def test_bad_construction_and_positions(fn, error, match):
+def test_bad_input_is_named(call, error, match):
     with pytest.raises(error, match=match):
-        fn()
+        call()
 
 
 def test_mha_bad_input():
@@ -304,57 +433,13 @@ def test_mha_bad_input():
         mha(torch.randn(1, 3, 6))
     with pytest.raises(TypeError, match="x must have dtype"):
         mha(torch.ones(1, 3, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        mha(torch.randn(1, 3, 8), causal="yes")
+    with pytest.raises(TypeError, match=r"past must be a pair \(k, v\)"):
+        mha(torch.randn(1, 3, 8), past=torch.randn(1, 2, 4, 4))
     with pytest.raises(ValueError, match=r"past k must have shape \(B, H, Tp, hd\)"):
         mha(torch.randn(1, 3, 8), past=(torch.randn(1, 2, 4, 3), torch.randn(1, 2, 4, 3)))
     with pytest.raises(ValueError, match="past k and v must have the same shape"):
         mha(torch.randn(1, 3, 8), past=(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 5, 4)))
     with pytest.raises(ValueError, match="dtype and device"):
         mha(torch.randn(1, 3, 8), past=(torch.randn(1, 2, 4, 4).double(),) * 2)
-
-
-def test_forward_bad_input():
-    model = tiny()
-    idx = torch.zeros(1, 4, dtype=torch.long)
-    cases = [
-        (dict(idx=torch.zeros(4, dtype=torch.long)), ValueError, "idx must have 2 dimensions"),
-        (dict(idx=torch.zeros(1, 0, dtype=torch.long)), ValueError, "at least one token"),
-        (dict(idx=torch.full((1, 2), 11)), ValueError, r"token ids in \[0, 11\)"),
-        (dict(idx=torch.full((1, 2), -1)), ValueError, "token ids"),
-        (dict(idx=torch.zeros(1, 41, dtype=torch.long)), ValueError, "longer than max_len=40"),
-        (dict(idx=idx, past=model(idx).past[:1]), ValueError, "one .k, v. per block"),
-        (dict(idx=idx, position_ids=torch.arange(3)), ValueError, "position_ids must have shape"),
-        (dict(idx=idx, position_ids=torch.arange(4.0)), TypeError, "position_ids must be a Long"),
-        (dict(idx=idx, position_ids=torch.arange(4) + 37), ValueError, r"\[0, max_len=40\)"),
-        (dict(idx=idx, mask=torch.ones(3, 2, dtype=torch.bool)), ValueError, "mask must have"),
-        (dict(idx=idx, mask=torch.ones(4, 4)), TypeError, "mask must have dtype bool"),
-    ]
-    for kwargs, error, match in cases:
-        with pytest.raises(error, match=match):
-            model(**kwargs)
-
-
-def test_generate_bad_input():
-    model = tiny()
-    prompt = torch.zeros(1, 4, dtype=torch.long)
-    with pytest.raises(TypeError, match="prompt must be a LongTensor"):
-        model.generate(prompt.float(), 3)
-    with pytest.raises(ValueError, match="prompt must have 2 dimensions"):
-        model.generate(prompt[0], 3)
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        model.generate(prompt, -1)
-    with pytest.raises(ValueError, match="temperature"):
-        model.generate(prompt, 3, temperature=-0.5)
-    with pytest.raises(ValueError, match="top_k"):
-        model.generate(prompt, 3, temperature=1.0, top_k=0)
-
-
-def test_backend_bad_value():
-    with pytest.raises(ValueError, match="backend must be one of"):
-        TinyLM(5, 8, 2, 1, 8, backend="cuda")(torch.zeros(1, 2, dtype=torch.long))
-
-
-def test_cache_bad_input():
-    model = tiny()
-    tokens = torch.arange(100) % 11
-    with pytest.raises(TypeError, match="index must be a LongTensor"):
-        select_cache(model(tokens[None, :5]).past, torch.tensor([0.0]))
