@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import check_callable, check_int, check_real, check_tensor
+from .validate import check_callable, check_choice, check_int, check_real, check_tensor
 
 # ------------------------------------------------------------------ named corpora
 
@@ -64,6 +64,12 @@ class CorpusInfo:
 CORPORA: dict[str, CorpusInfo] = {}
 
 
+def _check_str(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
 def register_corpus(
     name: str, loader: Callable[[], str], source: str, requires: str | None = None
 ) -> None:
@@ -71,6 +77,9 @@ def register_corpus(
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     check_callable(loader, "loader")
+    _check_str(source, "source")
+    if requires is not None:
+        _check_str(requires, "requires")
     CORPORA[name] = CorpusInfo(name, source, requires, loader)
 
 
@@ -86,6 +95,8 @@ def package_text(package: str, path: str, encoding: str = "utf-8") -> str:
 
     Raises ``ModuleNotFoundError`` naming the pip package when it is not installed.
     """
+    for value, name in ((package, "package"), (path, "path"), (encoding, "encoding")):
+        _check_str(value, name)
     try:
         root = importlib.resources.files(package)
     except ModuleNotFoundError as err:
@@ -119,14 +130,26 @@ register_corpus(
 
 def load_text(name: str = "python-docs") -> str:
     """The whole text of the corpus called ``name`` (see :data:`CORPORA`)."""
-    if name not in CORPORA:
-        raise ValueError(f"name must be one of {sorted(CORPORA)}, got {name!r}")
+    check_choice(name, "name", sorted(CORPORA))
     return CORPORA[name].loader()
 
 
 # ------------------------------------------------------------------------ tokens
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def _check_symbols(symbols, name: str) -> list[str]:
+    """An iterable of str symbols (a str counts as its characters), as a list."""
+    try:
+        symbols = list(symbols)
+    except TypeError:
+        kind = type(symbols).__name__
+        raise TypeError(f"{name} must be an iterable of str, got {kind}") from None
+    if not all(map(isinstance, symbols, itertools.repeat(str))):  # in C: fast on a corpus
+        bad = next(t for t in symbols if not isinstance(t, str))
+        raise TypeError(f"{name} must hold str symbols, got {type(bad).__name__}")
+    return symbols
 
 
 def words(text: str) -> list[str]:
@@ -144,6 +167,10 @@ class Vocabulary:
     """
 
     def __init__(self, symbols: Iterable[str], sep: str = "", unk: str | None = None):
+        symbols = _check_symbols(symbols, "symbols")
+        _check_str(sep, "sep")
+        if unk is not None:
+            _check_str(unk, "unk")
         itos = list(dict.fromkeys(symbols))  # first occurrence wins, order kept
         if unk is not None and unk not in itos:
             itos.append(unk)
@@ -165,7 +192,17 @@ class Vocabulary:
     def from_tokens(
         cls, tokens: Iterable[str], min_count: int = 1, unk: str | None = "<unk>"
     ) -> Vocabulary:
-        """Word vocabulary: tokens seen ``min_count`` times or more, most frequent first."""
+        """Word vocabulary: tokens seen ``min_count`` times or more, most frequent first.
+
+        tokens: a list (or any iterable) of str tokens, e.g. ``words(text)``. A str is
+        refused: counted as it is, it would give a vocabulary of its characters (use
+        :meth:`chars` for that).
+        """
+        if isinstance(tokens, str):
+            raise TypeError("tokens must be a list of str tokens, got a str: split it first "
+                            "(e.g. words(text)), or use Vocabulary.chars(text) for characters")
+        tokens = _check_symbols(tokens, "tokens")
+        check_int(min_count, "min_count", minimum=1)
         counts = Counter(tokens)
         kept = [t for t, c in sorted(counts.items(), key=lambda tc: (-tc[1], tc[0]))
                 if c >= min_count]
@@ -179,6 +216,7 @@ class Vocabulary:
 
     def encode(self, symbols: Sequence[str] | str) -> torch.Tensor:
         """Ids of ``symbols`` (a string is read character by character) as a 1-D LongTensor."""
+        symbols = _check_symbols(symbols, "symbols")
         if self.unk is not None:
             unk_id = self.stoi[self.unk]
             ids = [self.stoi.get(s, unk_id) for s in symbols]
@@ -194,9 +232,15 @@ class Vocabulary:
         """The symbols of 1-D ``ids``, joined by ``sep``."""
         if isinstance(ids, torch.Tensor):
             check_tensor(ids, "ids", ndim=1)
-            if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
                 raise TypeError(f"ids must hold integers, got {ids.dtype}")
             ids = ids.tolist()
+        elif isinstance(ids, str) or not isinstance(ids, Sequence):
+            raise TypeError(f"ids must be a 1-D tensor or a list of ints, got {type(ids).__name__}")
+        else:
+            bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, int)), None)
+            if bad is not None:
+                raise TypeError(f"ids must hold ints, got {type(bad).__name__}")
         n = len(self)
         bad = [i for i in ids if not 0 <= i < n]
         if bad:
@@ -296,10 +340,8 @@ def train_val_split(tokens: torch.Tensor, val_fraction: float = 0.1):
     Both parts keep at least one token.
     """
     check_tensor(tokens, "tokens", ndim=1)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
-        raise TypeError(f"val_fraction must be a float, got {type(val_fraction).__name__}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    val_fraction = check_real(val_fraction, "val_fraction", minimum=0.0, maximum=1.0,
+                              strict=True)
     n = tokens.numel()
     if n < 2:
         raise ValueError(f"tokens must hold at least 2 tokens to split, got {n}")

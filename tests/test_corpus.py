@@ -107,64 +107,75 @@ def test_split_partitions(n, fraction):
 
 # ------------------------------------------------------------------------ bad input
 
-
-def test_unknown_corpus_name():
-    with pytest.raises(ValueError, match="name must be one of"):
-        load_text("shakespeare")
-
-
-def test_register_bad_input():
-    with pytest.raises(ValueError, match="name"):
-        register_corpus("", lambda: "", "empty")
-    with pytest.raises(TypeError, match="loader"):
-        register_corpus("x", "not callable", "bad")
-
-
-def test_unknown_symbol_without_unk():
-    with pytest.raises(ValueError, match="'z'"):
-        Vocabulary.chars("abc").encode("abz")
-
-
-def test_empty_vocabulary():
-    with pytest.raises(ValueError, match="symbols"):
-        Vocabulary([])
+ABC = Vocabulary.chars("abc")
 
 
 @pytest.mark.parametrize(
-    "ids, error, match",
+    "call, error, match",
     [
-        (torch.tensor([0, 5]), ValueError, r"ids must lie in \[0, 3\)"),
-        ([0, -1], ValueError, "ids must lie"),
-        (torch.tensor([[0, 1]]), ValueError, "ids must have 1 dimensions"),
-        (torch.tensor([0.0]), TypeError, "integers"),
+        # names: unknown, unhashable, empty, not callable, not a str
+        (lambda: load_text("shakespeare"), ValueError, "name must be one of"),
+        (lambda: load_text(["lee"]), ValueError, "name must be one of"),
+        (lambda: register_corpus("", lambda: "", "empty"), ValueError, "name must be a non-empty"),
+        (lambda: register_corpus("x", "not callable", "bad"), TypeError, "loader must be callable"),
+        (lambda: register_corpus("x", lambda: "", None), TypeError, "source must be a str"),
+        (lambda: register_corpus("x", lambda: "", "s", requires=3), TypeError,
+         "requires must be a str"),
+        (lambda: package_text(None, "x"), TypeError, "package must be a str"),
+        (lambda: package_text("gensim", 3), TypeError, "path must be a str"),
+        # text and tokens: a str where a list of tokens belongs, non-str symbols, not iterable
+        (lambda: Vocabulary.from_tokens("the cat sat"), TypeError,
+         "tokens must be a list of str tokens, got a str"),
+        (lambda: Vocabulary.from_tokens([1, 2]), TypeError, "tokens must hold str symbols"),
+        (lambda: Vocabulary.from_tokens(7), TypeError, "tokens must be an iterable of str"),
+        (lambda: Vocabulary.from_tokens(["a"], min_count=0), ValueError,
+         "min_count must be at least 1"),
+        (lambda: Vocabulary.from_tokens(["a"], min_count="2"), TypeError,
+         "min_count must be an int"),
+        (lambda: Vocabulary.from_tokens(["a"], unk=0), TypeError, "unk must be a str"),
+        (lambda: Vocabulary([]), ValueError, "symbols must not be empty"),
+        (lambda: Vocabulary(None), TypeError, "symbols must be an iterable of str"),
+        (lambda: Vocabulary(["a", None]), TypeError, "symbols must hold str symbols"),
+        (lambda: Vocabulary(["a"], sep=None), TypeError, "sep must be a str"),
+        (lambda: Vocabulary.chars(b"abc"), TypeError, "text must be a str"),
+        (lambda: words(None), TypeError, "text must be a str"),
+        # encode and decode: unknown symbols, wrong types, out-of-range and non-integer ids
+        (lambda: ABC.encode("abz"), ValueError, "'z'"),
+        (lambda: ABC.encode(5), TypeError, "symbols must be an iterable of str"),
+        (lambda: ABC.encode([97, 98]), TypeError, "symbols must hold str symbols"),
+        (lambda: ABC.decode(torch.tensor([0, 5])), ValueError, r"ids must lie in \[0, 3\)"),
+        (lambda: ABC.decode([0, -1]), ValueError, "ids must lie"),
+        (lambda: ABC.decode(torch.tensor([[0, 1]])), ValueError, "ids must have 1 dimensions"),
+        (lambda: ABC.decode(torch.tensor([0.0])), TypeError, "ids must hold integers"),
+        (lambda: ABC.decode([0, 1.5]), TypeError, "ids must hold ints, got float"),
+        (lambda: ABC.decode(["a"]), TypeError, "ids must hold ints, got str"),
+        (lambda: ABC.decode("ab"), TypeError, "ids must be a 1-D tensor or a list"),
+        (lambda: ABC.decode(3), TypeError, "ids must be a 1-D tensor or a list"),
+        # the split: type, rank, sizes, strings, NaN
+        (lambda: train_val_split([1, 2, 3]), TypeError, "tokens must be a torch.Tensor"),
+        (lambda: train_val_split(torch.zeros(2, 3)), ValueError, "tokens must have 1 dim"),
+        (lambda: train_val_split(torch.arange(10), 0.0), ValueError,
+         "val_fraction must be greater than 0"),
+        (lambda: train_val_split(torch.arange(10), 1.0), ValueError,
+         "val_fraction must be less than 1"),
+        (lambda: train_val_split(torch.arange(10), "0.1"), TypeError,
+         "val_fraction must be a real number"),
+        (lambda: train_val_split(torch.arange(10), float("nan")), ValueError,
+         "val_fraction must be finite"),
+        (lambda: train_val_split(torch.arange(1), 0.5), ValueError, "at least 2"),
     ],
 )
-def test_decode_bad_ids(ids, error, match):
+def test_bad_input_is_named(call, error, match):
     with pytest.raises(error, match=match):
-        Vocabulary.chars("abc").decode(ids)
+        call()
 
 
-def test_text_must_be_str():
-    with pytest.raises(TypeError, match="text"):
-        Vocabulary.chars(b"abc")
-    with pytest.raises(TypeError, match="text"):
-        words(None)
-
-
-@pytest.mark.parametrize(
-    "tokens, fraction, error, match",
-    [
-        ([1, 2, 3], 0.1, TypeError, "tokens must be a torch.Tensor"),
-        (torch.zeros(2, 3), 0.1, ValueError, "tokens must have 1 dimensions"),
-        (torch.arange(10), 0.0, ValueError, "val_fraction"),
-        (torch.arange(10), 1.0, ValueError, "val_fraction"),
-        (torch.arange(10), "0.1", TypeError, "val_fraction"),
-        (torch.arange(1), 0.5, ValueError, "at least 2"),
-    ],
-)
-def test_split_bad_input(tokens, fraction, error, match):
-    with pytest.raises(error, match=match):
-        train_val_split(tokens, fraction)
+def test_a_string_is_read_as_characters_where_the_docstring_says_so():
+    """Vocabulary(symbols) and encode(symbols) take any iterable of str: a str is its
+    characters (documented); from_tokens refuses one (it counts words)."""
+    assert Vocabulary("abca").itos == ["a", "b", "c"]
+    assert ABC.encode("cab").tolist() == [2, 0, 1] == ABC.encode(["c", "a", "b"]).tolist()
+    assert Vocabulary.from_tokens(words("the cat sat the")).itos[:1] == ["the"]
 
 
 # ------------------------------------------------------- sentences (chapters 4 and 5)
