@@ -126,19 +126,24 @@ def discretize(A: torch.Tensor, B: torch.Tensor, dt: float, method: str = "bilin
 # -------------------------------------------------------- kernel, recurrence, convolution
 
 
-def vandermonde(A_bar: torch.Tensor, L: int) -> torch.Tensor:
-    """V_nl = Ā_n^l for l = 0 .. L-1: (..., N) -> (..., N, L) (eq. 10).
+def vandermonde_product(w: torch.Tensor, A_bar: torch.Tensor, L: int) -> torch.Tensor:
+    """Re sum_n w_n Ā_n^l for l = 0 .. L-1: w, Ā (..., N) -> (..., L) (eq. 11).
 
-    A complex Ā is raised in polar form, |Ā|^l e^(i l arg Ā): one real exp and one
-    cos/sin pair per entry, several times faster on a CPU than a complex power.
+    The product of w with the Vandermonde matrix V_nl = Ā_n^l. A complex Ā is raised in
+    polar form, |Ā|^l (cos lθ + i sin lθ) with θ = arg Ā, in real arithmetic: one exp and
+    one cos/sin pair per entry, several times faster on a CPU than complex powers.
     """
     l = torch.arange(L, device=A_bar.device, dtype=A_bar.real.dtype)
     if not A_bar.is_complex():
-        return A_bar[..., None] ** l
+        K = w[..., None, :] @ (A_bar[..., None] ** l)
+        return (K.real if K.is_complex() else K)[..., 0, :]
     log_a = torch.log(A_bar)[..., None]
-    # l = 0 gives 1 even where Ā = 0 (log = -inf)
-    magnitude = torch.exp(torch.where(l > 0, log_a.real * l, 0.0))
-    return torch.polar(magnitude, log_a.imag * l)
+    # |Ā|^l, clamped so that l = 0 gives 1 even where Ā = 0 (log = -inf)
+    magnitude = torch.exp(log_a.real.clamp(min=-1e30) * l)
+    angle = log_a.imag * l
+    w = w.to(A_bar.dtype)[..., None, :]
+    K = w.real @ (magnitude * torch.cos(angle)) - w.imag @ (magnitude * torch.sin(angle))
+    return K[..., 0, :]
 
 
 def ssm_kernel(A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, L: int,
@@ -161,8 +166,7 @@ def ssm_kernel(A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, L: int
             raise ValueError("vandermonde needs diagonal A_bar and B_bar, C of one shape "
                              f"(..., N), got {tuple(A_bar.shape)}, {tuple(B_bar.shape)}, "
                              f"{tuple(C.shape)}")
-        K = ((C * B_bar)[..., None, :] @ vandermonde(A_bar, L))[..., 0, :]
-        return K.real if K.is_complex() else K
+        return vandermonde_product(C * B_bar, A_bar, L)
     _check_system(A_bar, B_bar, "A_bar", "B_bar")
     check_tensor(C, "C", ndim=1)
     if C.shape != B_bar.shape:
@@ -353,58 +357,108 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 # ------------------------------------------------------------- selective scan: chunked
 
 
+class _ChunkedScan(torch.autograd.Function):
+    """x_l = exp(Δ_l A) x_{l-1} + Δ_l B_l u_l, y_l = C_l x_l (eq. 13) on chunks of T steps,
+    with the backward of eq. 17 written out (autograd would record every step's ops).
+
+    dt, u: (batch, dim, L); A: (dim, N); B, C: (batch, N, L); all of one float dtype.
+    Tensors are laid out (T, batch, dim, n_chunks, N): position in the chunk first, so that
+    a step of the loops below is one slice and every chunk advances at once.
+    """
+
+    @staticmethod
+    def forward(ctx, dt, A, B, C, u, T):
+        batch, dim, L = u.shape
+        n_chunks = -(-L // T)
+        pad = n_chunks * T - L  # past L: Δ = 0, so a = 1 and b = 0 carry the state unchanged
+
+        def by_position(t):  # (batch, X, L) -> (T, batch, X, n_chunks)
+            t = F.pad(t, (0, pad)).view(t.shape[0], t.shape[1], n_chunks, T)
+            return t.permute(3, 0, 1, 2).contiguous()
+
+        dt_p, u_p = by_position(dt), by_position(u)
+        B_p = by_position(B).transpose(2, 3)[:, :, None]  # (T, batch, 1, n_chunks, N)
+        C_p = by_position(C).transpose(2, 3)[:, :, None]
+        a = torch.exp(dt_p[..., None] * A[:, None, :])  # Ā_l = exp(Δ_l A)
+        b = (dt_p * u_p)[..., None] * B_p  # B̄_l u_l = Δ_l B_l u_l
+        # (1) every chunk from a zero state, keeping only its total B_c (A_c = prod of a)
+        b_tot = b[0]
+        for t in range(1, T):
+            b_tot = torch.addcmul(b[t], a[t], b_tot)
+        a_tot = a.prod(0)
+        # (2) the state entering each chunk, one chunk after the other (eq. 15)
+        x_in = [torch.zeros_like(b_tot[:, :, 0])]
+        for c in range(n_chunks - 1):
+            x_in.append(torch.addcmul(b_tot[:, :, c], a_tot[:, :, c], x_in[-1]))
+        # (3) every chunk again from its true initial state (eq. 16), reading out y = C x;
+        # the states are kept only when a gradient will be needed
+        x, xs, ys = torch.stack(x_in, dim=2), [], []
+        for t in range(T):
+            x = torch.addcmul(b[t], a[t], x)
+            ys.append((x * C_p[t]).sum(-1))
+            xs.append(x)
+        y = torch.stack(ys, dim=-1).reshape(batch, dim, -1)[:, :, :L]
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(a, b, torch.stack(xs), dt_p, u_p, B_p, C_p, A)
+        ctx.L = L
+        return y, x[:, :, -1]
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        a, b, x, dt_p, u_p, B_p, C_p, A = ctx.saved_tensors
+        T, batch, dim, n_chunks, N = x.shape
+        pad = n_chunks * T - ctx.L
+        dy = F.pad(dy, (0, pad)).view(batch, dim, n_chunks, T).permute(3, 0, 1, 2)
+        c = C_p * dy[..., None]  # dLoss/dx_l through y_l
+        # the adjoint g_l = c_l + a_{l+1} g_{l+1} (eq. 17), as the forward but reversed:
+        # (1) inside each chunk from a zero carry
+        h = [c[-1]]
+        for t in range(T - 2, -1, -1):
+            h.append(torch.addcmul(c[t], a[t + 1], h[-1]))
+        h = torch.stack(h[::-1])
+        # suffix products P_t = a_{t+1} ... a_{T-1}: how a carry at the chunk's end reaches t
+        P = torch.cat([a[1:].flip(0).cumprod(0).flip(0), torch.ones_like(a[:1])])
+        # (2) the gradient reaching each chunk's last state from later chunks
+        carry = [torch.zeros_like(h[0, :, :, 0]) if dlast is None else dlast.to(h.dtype)]
+        for k in range(n_chunks - 1, 0, -1):
+            carry.append(a[0, :, :, k] * torch.addcmul(h[0, :, :, k], P[0, :, :, k], carry[-1]))
+        g = torch.addcmul(h, P, torch.stack(carry[::-1], dim=2))  # (3) dLoss/dx_l
+        # chain rule through a = exp(Δ A) and b = Δ B u; a_l x_{l-1} = x_l - b_l
+        g_log_a = g * (x - b)
+        gB = (g * B_p).sum(-1)  # (T, batch, dim, n_chunks)
+        d_dt = (g_log_a * A[:, None, :]).sum(-1) + gB * u_p
+        d_A = (g_log_a * dt_p[..., None]).sum((0, 1, 3))
+        d_B = (g * (dt_p * u_p)[..., None]).sum(2)  # (T, batch, n_chunks, N)
+        d_C = (x * dy[..., None]).sum(2)
+        d_u = gB * dt_p
+
+        def by_sequence(t):  # (T, batch, X, n_chunks) -> (batch, X, L)
+            return t.permute(1, 2, 3, 0).reshape(t.shape[1], t.shape[2], -1)[:, :, :ctx.L]
+
+        return (by_sequence(d_dt), d_A, by_sequence(d_B.transpose(2, 3)),
+                by_sequence(d_C.transpose(2, 3)), by_sequence(d_u), None)
+
+
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                            delta_softplus=False, return_last_state=False, chunk=None):
     """The selective scan by Blelloch's two-level scheme, vectorised in PyTorch.
 
     The same arguments and results as :func:`selective_scan_reference`. The L steps are
-    cut into chunks of ``chunk`` steps (default: the power of two nearest sqrt(L)), and
+    cut into chunks of ``chunk`` steps (default: the power of two nearest sqrt(L/2)), and
     (1) every chunk is scanned at once, one position after the other, from a zero state,
     keeping only its total (the pair of eq. 15 for the whole chunk); (2) the totals are
     combined one chunk after the other, giving the state entering each chunk; (3) every
-    chunk is scanned at once again from that state, reading out y = C x. That is about
-    2 chunk + L/chunk Python steps instead of L, each on a larger tensor, and the
-    (batch, dim, L, N) states are never stored.
+    chunk is scanned at once again from that state. That is about 2 chunk + L/chunk Python
+    steps instead of L, each on a larger tensor. The backward runs the same scheme in
+    reverse (eq. 17). Unlike the Triton kernel it keeps the (batch, dim, L, N) states.
     """
     dtype = _scan_dtype(u, delta, A, B, C, D, z, delta_bias)
-    batch, dim, L = u.shape
-    N = A.shape[1]
-    T = chunk or 2 ** round(math.log2(math.sqrt(L)))
-    n_chunks = -(-L // T)
-    pad = n_chunks * T - L  # past L: Δ = 0, so a = 1 and b = 0 carry the state unchanged
-
-    def by_position(t):  # (batch, X, L) -> (T, batch, X, n_chunks): position in chunk first
-        t = F.pad(t, (0, pad)).view(t.shape[0], t.shape[1], n_chunks, T)
-        return t.permute(3, 0, 1, 2).contiguous()
-
-    dt = by_position(_step_sizes(delta, delta_bias, delta_softplus, dtype))  # (T, b, d, c)
-    dtu = dt * by_position(u.to(dtype))
-    Bt = by_position(B.to(dtype)).transpose(2, 3)[:, :, None]  # (T, b, 1, c, N)
-    Ct = by_position(C.to(dtype)).transpose(2, 3)[:, :, None]
-    A = A.to(dtype)[:, None, :]  # (dim, 1, N)
-    # one position of every chunk at a time: (batch, dim, n_chunks, N) slabs stay in cache;
-    # unbind once, as indexing in a loop would make autograd build a full tensor per index
-    dt_t, dtu_t, B_t, C_t = (t.unbind(0) for t in (dt, dtu, Bt, Ct))
-    a = lambda t: torch.exp(dt_t[t][..., None] * A)  # noqa: E731  Ā = exp(Δ A)
-    b = lambda t: dtu_t[t][..., None] * B_t[t]  # noqa: E731  B̄ u = Δ B u
-    # (1) every chunk at once, from a zero state: its total (A_c, B_c), x_out = A_c x_in + B_c
-    b_tot = b(0)
-    for t in range(1, T):
-        b_tot = a(t) * b_tot + b(t)
-    a_tot = torch.exp(dt.sum(0)[..., None] * A)  # (batch, dim, n_chunks, N)
-    # (2) the state entering each chunk, one chunk after the other (eq. 15 on the totals)
-    x_in = [torch.zeros(batch, dim, N, dtype=dtype, device=u.device)]
-    for c in range(n_chunks - 1):
-        x_in.append(a_tot[:, :, c] * x_in[-1] + b_tot[:, :, c])
-    x = torch.stack(x_in, dim=2)  # (batch, dim, n_chunks, N)
-    # (3) every chunk at once again, now from its true initial state, reading out y = C x
-    ys = []
-    for t in range(T):
-        x = a(t) * x + b(t)
-        ys.append((x * C_t[t]).sum(-1))  # (batch, dim, n_chunks)
-    y = torch.stack(ys, dim=-1).reshape(batch, dim, n_chunks * T)[:, :, :L]
+    L = u.shape[2]
+    T = chunk or 2 ** max(0, round(math.log2(math.sqrt(L / 2))))
+    dt = _step_sizes(delta, delta_bias, delta_softplus, dtype)
+    y, last = _ChunkedScan.apply(dt, A.to(dtype), B.to(dtype), C.to(dtype), u.to(dtype), T)
     out = _gate(y, u, D, z, dtype).to(u.dtype)
-    return (out, x[:, :, -1]) if return_last_state else out
+    return (out, last) if return_last_state else out
 
 
 # ---------------------------------------------------------- selective scan: public op

@@ -5,7 +5,7 @@ version (forward, and forward + backward). Without CUDA: a small correctness che
 kernels through Triton's interpreter, and the two CPU measurements of the chapter, which do
 not need a GPU: the S4D kernel by Vandermonde product against matrix powers, and the
 chunked scan against the sequential one. Every CPU time is the median of ``repeats`` runs,
-given with its range.
+given with its range, in CPU seconds of the process (one thread).
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ import torch
 from . import gpu_time_ms, needs_cuda
 
 
-def cpu_times(fn, repeats: int = 5) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``fn()`` after one warm-up call."""
+def cpu_times(fn, repeats: int = 7) -> list[float]:
+    """CPU seconds of this process for each of ``repeats`` calls of ``fn()`` (after one
+    warm-up call). CPU time rather than wall-clock time: other jobs sharing the machine's
+    cores do not inflate it. Run with one thread (``torch.set_num_threads(1)``)."""
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return times
 
 
@@ -36,7 +38,7 @@ def summary(times: list[float]) -> str:
     return f"{statistics.median(ms):8.2f} ms ({min(ms):.2f}-{max(ms):.2f})"
 
 
-def kernel_speed(L: int = 4096, N: int = 64, repeats: int = 5) -> dict[str, list[float]]:
+def kernel_speed(L: int = 4096, N: int = 64, repeats: int = 7) -> dict[str, list[float]]:
     """Seconds to compute the S4D convolution kernel (eq. 9) of one channel, three ways.
 
     S4D-Lin (A_n = -1/2 + i pi n, ZOH with dt = 0.01) in complex64: ``vandermonde`` (eq. 10),
@@ -69,7 +71,7 @@ def scan_inputs(batch: int, dim: int, L: int, N: int, device="cpu", seed: int = 
 
 
 def scan_speed(L: int = 2048, batch: int = 1, dim: int = 16, N: int = 16,
-               repeats: int = 5) -> dict[str, list[float]]:
+               repeats: int = 7) -> dict[str, list[float]]:
     """Seconds of one forward selective scan on the CPU: ``sequential`` (the reference,
     one step at a time) and ``chunked`` (:func:`lib.ssm.selective_scan_chunked`)."""
     from ..ssm import selective_scan_chunked, selective_scan_reference
@@ -100,7 +102,7 @@ def bench_ssm(args) -> None:
     (CUDA); without CUDA, a correctness check and the chapter's two CPU speed-ups."""
     torch.set_num_threads(1)
     if not needs_cuda("ssm", _check):
-        print("\nCPU measurements (one thread; median of 5 runs, range in brackets):")
+        print("\nCPU time of this process, one thread; median of 7 runs (range):")
         kernel = kernel_speed()
         print("S4D kernel, L = 4096, N = 64 (complex64):")
         for name, times in kernel.items():
