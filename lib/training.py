@@ -63,7 +63,14 @@ def train_mode(model: nn.Module, mode: bool = True) -> Iterator[nn.Module]:
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Learning rate at ``step``: linear warmup over ``warmup`` steps, then cosine to lr/10."""
+    """Learning rate at ``step``: linear warmup over ``warmup`` steps, then cosine to lr/10.
+
+    step in [0, steps), steps >= 1, lr > 0, warmup >= 0.
+    """
+    check_int(steps, "steps", minimum=1)
+    check_int(step, "step", minimum=0, maximum=steps - 1)
+    lr = check_real(lr, "lr", minimum=0.0, strict=True)
+    check_int(warmup, "warmup", minimum=0)
     if step < warmup:
         return lr * (step + 1) / warmup
     frac = (step - warmup) / max(1, steps - warmup)
@@ -142,7 +149,14 @@ def train(
         for step in bar:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps, lr, warmup)
-            loss = loss_fn(model, *batch_fn(g))
+            batch = batch_fn(g)
+            if not isinstance(batch, (tuple, list)):  # a tensor would be unpacked row by row
+                raise TypeError(f"batch_fn must return a tuple of tensors, "
+                                f"got {type(batch).__name__}")
+            loss = loss_fn(model, *batch)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                what = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                raise TypeError(f"loss_fn must return a scalar tensor, got {what}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
@@ -175,6 +189,7 @@ def check_tokens(tokens, name: str = "tokens", *, min_len: int = 1,
     """Raise unless ``tokens`` is a 1-D LongTensor of at least ``min_len`` token ids, each
     in [0, vocab_size) when ``vocab_size`` is given (which reads the values once)."""
     check_long_tensor(tokens, name, ndim=1)
+    check_int(min_len, "min_len", minimum=0)
     if tokens.numel() < min_len:
         raise ValueError(f"{name} must hold at least {min_len} tokens, got {tokens.numel()}")
     if vocab_size is not None:

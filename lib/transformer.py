@@ -153,6 +153,9 @@ class MultiHeadAttention(nn.Module):
         b, t, c = x.shape
         if c != self.d_model:
             raise ValueError(f"x must have last dim d_model={self.d_model}, got {c}")
+        if x.device != self.qkv.weight.device:
+            raise ValueError(f"x must be on the module's device {self.qkv.weight.device}, "
+                             f"got {x.device}")
         h, hd = self.n_heads, self.head_dim
         q, k, v = self.qkv(x).split(c, dim=2)  # 3 x (B, T, C)
         q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))  # (B, H, T, hd)
@@ -175,6 +178,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, mlp_ratio: int = 4, backend: str = "auto"):
         super().__init__()
+        check_positive_int(d_model, "d_model")
         check_positive_int(mlp_ratio, "mlp_ratio")
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = MultiHeadAttention(d_model, n_heads, backend=backend)
@@ -316,8 +320,16 @@ class TinyLM(nn.Module):
         Reads the values (one device sync): :meth:`generate` calls it once for the prompt;
         call it yourself before a decoding loop of your own that passes ``check_ids=False``.
         """
+        return self._check_idx(idx, name, values=True)
+
+    def _check_idx(self, idx, name: str, values: bool) -> torch.Tensor:
         _check_idx_shape(idx, name)
-        return check_long_tensor(idx, name, low=0, high=self.vocab_size)
+        if idx.device != self.tok_emb.weight.device:
+            raise ValueError(f"{name} must be on the model's device {self.tok_emb.weight.device}, "
+                             f"got {idx.device}")
+        if values:  # reads the ids back: a device sync
+            check_long_tensor(idx, name, low=0, high=self.vocab_size)
+        return idx
 
     def forward(
         self,
@@ -344,10 +356,7 @@ class TinyLM(nn.Module):
         """
         check_bool(check_ids, "check_ids")
         check_bool(return_hidden, "return_hidden")
-        if check_ids:
-            self.check_token_ids(idx)
-        else:
-            _check_idx_shape(idx, "idx")
+        self._check_idx(idx, "idx", values=check_ids)
         b, t = idx.shape
         t_past = 0
         if past is not None:
@@ -362,6 +371,9 @@ class TinyLM(nn.Module):
             position_ids = torch.arange(t_past, t_past + t, device=idx.device)
         else:
             check_long_tensor(position_ids, "position_ids", ndim=(1, 2))
+            if position_ids.device != idx.device:
+                raise ValueError(f"position_ids must be on idx's device {idx.device}, "
+                                 f"got {position_ids.device}")
             if position_ids.shape[-1] != t or (position_ids.dim() == 2
                                                and position_ids.shape[0] != b):
                 raise ValueError(f"position_ids must have shape ({t},) or ({b}, {t}), got "

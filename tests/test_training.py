@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lib.training import (
+    check_tokens,
     evaluate_lm,
     lm_loss,
     lr_at,
@@ -199,6 +200,20 @@ def linear_train(**kw):
         (lambda: linear_train(seed="0"), TypeError, "seed must be an int"),
         (lambda: linear_train(progress="no"), TypeError, "progress must be a bool"),
         (lambda: linear_train(desc=3), TypeError, "desc must be a str"),
+        (lambda: train(nn.Linear(3, 2), lambda g: torch.ones(4, 3), mse, steps=1,
+                       progress=False), TypeError, "batch_fn must return a tuple of tensors"),
+        (lambda: train(nn.Linear(3, 2), BATCH_FN, lambda m, x, y: m(x) - y, steps=1,
+                       progress=False), TypeError,
+         r"loss_fn must return a scalar tensor, got \(16, 2\)"),
+        (lambda: train(nn.Linear(3, 2), BATCH_FN, lambda m, x, y: 0.5, steps=1,
+                       progress=False), TypeError,
+         "loss_fn must return a scalar tensor, got float"),
+        (lambda: lr_at(None, 10, 1e-3, 1), TypeError, "step must be an int"),
+        (lambda: lr_at(10, 10, 1e-3, 1), ValueError, "step must be at most 9"),
+        (lambda: lr_at(0, 0, 1e-3, 1), ValueError, "steps must be at least 1"),
+        (lambda: lr_at(0, 10, -1.0, 1), ValueError, "lr must be greater than 0"),
+        (lambda: lr_at(0, 10, 1e-3, -1), ValueError, "warmup must be at least 0"),
+        (lambda: check_tokens(TOKENS, min_len="2"), TypeError, "min_len must be an int"),
         (lambda: seed_everything(-1), ValueError, "seed must be at least 0"),
         (lambda: seed_everything(1.0), TypeError, "seed must be an int"),
         (lambda: train_mode("model").__enter__(), TypeError, "model must be a torch.nn.Module"),
