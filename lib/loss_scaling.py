@@ -8,7 +8,7 @@ range (eq. 9). Before the optimizer steps, every gradient is divided by S again 
 for inf/NaN (eq. 10); an overflow skips the step and halves S, and a run of good steps
 doubles it (dynamic loss scaling, eq. 11).
 
-Module layout: the unscale-and-check spec (:func:`_unscale_and_check_reference`) -> the
+Module layout: the unscale-and-check spec (``_unscale_and_check_reference``) -> the
 Triton kernel (one launch for every gradient of every dtype, driven by a table of
 addresses, :func:`launch_table`) and its :func:`aot_specs` -> the public
 :func:`unscale_and_check_` -> :func:`update_scale` (eq. 11) -> :class:`DynamicLossScaler`.
@@ -119,7 +119,7 @@ def _unscale_and_check_kernel(
 
 
 def launch_table(grads: list[torch.Tensor], chunk: int = CHUNK) -> tuple[torch.Tensor, int]:
-    """The int64 table of :func:`_unscale_and_check_kernel` (on the grads' device) and the grid.
+    """The int64 table of ``_unscale_and_check_kernel`` (on the grads' device) and the grid.
 
     grads: non-empty, contiguous fp32/fp16/bf16 tensors on one device, each 16-byte aligned.
     Built with vectorised ops on the host (no per-chunk Python loop): rows
@@ -152,7 +152,7 @@ def _launch_table(grads: list[torch.Tensor], chunk: int) -> tuple[torch.Tensor, 
 def _unscale_and_check_triton(
     grads: list[torch.Tensor], found_inf: torch.Tensor, inv_scale: torch.Tensor
 ) -> torch.Tensor:
-    """Same contract as :func:`_unscale_and_check_reference`: one kernel launch for all grads.
+    """Same contract as ``_unscale_and_check_reference``: one kernel launch for all grads.
 
     Tensors that are not contiguous or not 16-byte aligned are processed as aligned
     contiguous copies inside the same launch and copied back afterwards.
@@ -270,7 +270,7 @@ def update_scale(
     scale: one-element fp32 tensor; growth_tracker: one-element int32 tensor (good steps in
     a row); found_inf: one-element fp32 tensor, > 0 after an inf/NaN; all on one device.
     growth_factor > 1, backoff_factor in (0, 1), growth_interval >= 1: the rule is
-    :func:`_update_scale`, the same as ``torch._amp_update_scale_``. Returns the two tensors.
+    ``_update_scale``, the same as ``torch._amp_update_scale_``. Returns the two tensors.
     """
     _check_scalar(scale, "scale", torch.float32)
     _check_scalar(growth_tracker, "growth_tracker", torch.int32, scale.device)
