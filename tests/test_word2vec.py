@@ -304,3 +304,18 @@ X, Y, NEG = batch()
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ------------------------------------------------------------------------ benchmark
+
+
+def test_bench_command_is_registered_and_its_parts_run():
+    from lib.bench import commands
+    from lib.bench.word2vec import throughput, where_time_goes
+
+    assert "word2vec" in commands()
+    tiny = planted_corpus(200, seed=0).sentences
+    rates = throughput(tiny, threads=1, epochs=1, repeats=1)
+    assert all(len(v) == 1 and v[0] > 0 for v in rates.values())
+    shares = dict(where_time_goes(tiny))
+    assert abs(sum(shares.values()) - 1) < 1e-9 and "gather of rows (index_select)" in shares

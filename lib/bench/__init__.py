@@ -16,7 +16,8 @@ import importlib
 
 from ..backend import CUDA, HAS_TRITON
 
-TOPICS = ("aot", "softmax", "floating_point", "checkpointing", "attention", "ngram", "ssm")
+TOPICS = ("aot", "softmax", "floating_point", "checkpointing", "attention", "ngram", "ssm",
+          "word2vec")
 
 
 def gpu_time_ms(fn) -> float:
