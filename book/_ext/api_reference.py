@@ -22,7 +22,14 @@ Two choices of presentation, made here once for every module:
   docstring, so that ``:data:`BACKENDS``` in a docstring has a target; a constant
   imported from another module is documented only where it is defined;
 * a constant's value is shown when it fits on one short line (``('auto', 'triton',
-  'torch')``), not when it is a long table whose repr would drown the page.
+  'torch')``), not when it is a long table whose repr would drown the page;
+* a reference resolves as the name does in Python: ``:func:`selective_scan``` in a
+  module that imports ``selective_scan`` from ``lib.ssm`` links to
+  ``lib.ssm.selective_scan``, and so does ``lib.mamba.selective_scan``. A module split
+  in two keeps its docstrings' references working.
+
+References to private names (``_key_range``) are not checked: private helpers are not
+on the page by design (``nitpick_ignore_regex`` in ``_config.yml``).
 """
 
 from __future__ import annotations
@@ -108,6 +115,38 @@ class ConstantDocumenter(DataDocumenter):
         return too_long or super().should_suppress_value_header()
 
 
+def _imported_as(name: str) -> str | None:
+    """``lib.mamba.selective_scan`` -> ``lib.ssm.selective_scan`` when it was imported there."""
+    module, _, attr = name.rpartition(".")
+    if not module.startswith(PACKAGE):
+        return None
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+    home, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not home or not qualname or f"{home}.{qualname}" == name:
+        return None
+    return f"{home}.{qualname}"
+
+
+def resolve_reexports(app, env, node, contnode):
+    """missing-reference: follow a name imported into a lib module to where it is defined."""
+    if node.get("refdomain") != "py":
+        return None
+    target, module = node["reftarget"], node.get("py:module")
+    candidates = [target] if target.startswith(PACKAGE + ".") else []
+    if module:
+        candidates.append(f"{module}.{target}")
+    domain = env.get_domain("py")
+    for name in candidates:
+        real = _imported_as(name)
+        if real and real in domain.objects:
+            return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"],
+                                       real, node, contnode)
+    return None
+
+
 def append_modules(app, docname: str, source: list[str]) -> None:
     if docname == PAGE:
         source[0] += module_sections(public_modules())
@@ -123,4 +162,5 @@ def setup(app):
     app.connect("autodoc-skip-member", keep_constants)
     app.connect("source-read", append_modules)
     app.connect("env-get-outdated", always_reread)
+    app.connect("missing-reference", resolve_reexports)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
