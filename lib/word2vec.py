@@ -21,6 +21,8 @@ negatives replace the centre word.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -254,6 +256,17 @@ def _chunks(sentence: torch.Tensor, words: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def _diverged(epoch: int, batch_size: int, outputs: torch.Tensor, vocab: Vocab) -> None:
+    counts = torch.bincount(outputs)
+    top = int(counts.argmax())
+    raise FloatingPointError(
+        f"training diverged in epoch {epoch + 1} (the loss is not finite). All pairs of a "
+        f"batch see the weights from before the step, so a word in many of them gets a "
+        f"step that many times too large: {vocab.itos[top]!r} is the output of "
+        f"{counts[top] / outputs.numel():.0%} of this run's pairs. Subsample frequent "
+        f"words (sample > 0), or lower batch_size (now {batch_size}) or lr.")
+
+
 def train_word2vec(corpus: Sentences, dim: int = 100, window: int = 5, negative: int = 5,
                    epochs: int = 5, batch_size: int = 512, device: str | torch.device = "cpu",
                    *, min_count: int = 1, sample: float = 1e-3, power: float = 0.75,
@@ -269,6 +282,8 @@ def train_word2vec(corpus: Sentences, dim: int = 100, window: int = 5, negative:
     per run, falling linearly from ``lr`` to ``min_lr`` with the words done, as in gensim.
     Returns :class:`WordVectors` of the input vectors, with the model, and the mean loss
     per pair of every run in ``.losses``. Deterministic for a ``seed`` and a device.
+    Raises ``FloatingPointError`` with advice when the loss stops being finite, which
+    batched SGD does when one word fills a large share of every batch (chapter 5).
     """
     for name, value in (("dim", dim), ("window", window), ("negative", negative),
                         ("epochs", epochs), ("batch_size", batch_size),
@@ -308,6 +323,8 @@ def train_word2vec(corpus: Sentences, dim: int = 100, window: int = 5, negative:
                                         lr_now).sum()
             if inputs.numel():
                 losses.append(total.item() / inputs.numel())
+                if not math.isfinite(losses[-1]):
+                    _diverged(epoch, batch_size, outputs, vocab)
             bar.update(b - a)
     bar.close()
     return WordVectors(vocab, model.W.detach(), model=model, losses=losses)

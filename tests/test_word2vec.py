@@ -243,6 +243,14 @@ def test_training_matches_gensim_on_planted_classes():
     assert wv.losses[-1] < wv.losses[0]
 
 
+def test_divergence_is_reported_with_advice():
+    # "the" and "a" fill about 35% of the planted corpus: without subsampling a batch of 512
+    # pairs holds ~180 updates of the same rows computed from the same weights
+    with pytest.raises(FloatingPointError, match="'the' is the output of"):
+        train_word2vec(planted_corpus(5000, seed=0).sentences, dim=50, epochs=5, sample=0.0,
+                       batch_size=512, progress=False)
+
+
 def test_training_is_deterministic():
     a = train_word2vec(PLANTED, dim=8, epochs=1, seed=5, progress=False)
     b = train_word2vec(PLANTED, dim=8, epochs=1, seed=5, progress=False)
