@@ -5,11 +5,15 @@ asked for backend="triton".
 Everything runs in one subprocess in which `import triton` raises ImportError (a
 sys.meta_path finder refuses it, as on a system where it is not installed). Modules are
 discovered with pkgutil, so a new module is covered without editing this file; an op with a
-kernel joins by adding a row to OPS.
+kernel joins by adding a row to OPS (test_every_op_with_a_backend_is_in_the_table finds the
+public functions and classes that take `backend` and asks for one).
 """
 
+import importlib
+import inspect
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -21,7 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # One row per public op that has a Triton kernel. Each row is Python source that defines
 # run(backend) -> tensor (the op on small CPU inputs with awkward sizes) and oracle() -> the
-# same result computed by plain PyTorch. Both run with a fixed seed.
+# same result computed by plain PyTorch (for a model built from an op, the model on
+# backend="torch": its own tests compare it with an external oracle). Both run with a fixed
+# seed. Tolerance: auto is the float32 reference, compared with PyTorch's own kernels or a
+# loop for the same formula; they differ by a few float32 ulp (1.2e-7) on these inputs, and
+# the chunked scan by its reassociated products (rtol 1e-5 covers both).
 OPS = {
     "lib.softmax.softmax": """
         from lib.softmax import softmax
@@ -68,6 +76,42 @@ OPS = {
                 mha.out_proj.bias.copy_(ours.proj.bias)
                 return mha(x, x, x, need_weights=False)[0]
     """,
+    "lib.ssm.selective_scan": """
+        from lib.ssm import selective_scan
+        u, delta, B, C = torch.randn(2, 3, 9), torch.rand(2, 3, 9), torch.randn(2, 4, 9), \\
+            torch.randn(2, 4, 9)
+        A = -torch.rand(3, 4) - 0.1
+        def run(backend):
+            return selective_scan(u, delta, A, B, C, backend=backend)
+        def oracle():
+            # the recurrence x_l = exp(delta_l A) x_(l-1) + delta_l B_l u_l, y_l = C_l x_l
+            x, ys = torch.zeros(2, 3, 4), []
+            for l in range(9):
+                d = delta[:, :, l, None]
+                x = torch.exp(d * A) * x + d * B[:, None, :, l] * u[:, :, l, None]
+                ys.append((x * C[:, None, :, l]).sum(-1))
+            return torch.stack(ys, -1)
+    """,
+    "lib.mamba.MambaBlock": """
+        from lib.mamba import MambaBlock
+        x = torch.randn(2, 7, 8)
+        block = MambaBlock(8, d_state=4)
+        def run(backend):
+            block.backend = backend
+            with torch.no_grad():
+                return block(x)
+        def oracle():
+            return run("torch")
+    """,
+}
+# Public callables with a `backend` argument that a row above exercises, and how.
+COVERED = {
+    "lib.backend.check_backend": "the backend switch itself (tests/test_backend.py)",
+    "lib.backend.resolve_backend": "the backend switch itself (tests/test_backend.py)",
+    "lib.loss_scaling.DynamicLossScaler": "passes backend to unscale_and_check_",
+    "lib.transformer.TransformerBlock": "passes backend to MultiHeadAttention",
+    "lib.transformer.TinyLM": "passes backend to its TransformerBlocks",
+    "lib.mamba.TinyMamba": "passes backend to its MambaBlocks",
 }
 
 DRIVER = """
@@ -142,8 +186,7 @@ def test_every_lib_module_imports_without_triton(report):
 
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_auto_runs_the_reference_without_triton(report, op):
-    # tolerance: auto is the float32 reference, compared with PyTorch's own kernels for the
-    # same formula; they differ by a few ulp of float32 (1.2e-7) on these small inputs
+    # tolerance: see OPS
     assert report["ops"][op]["auto"] == "ok", report["ops"][op]["auto"]
 
 
@@ -183,3 +226,29 @@ def test_stand_in_integer_helpers_match_triton(n):
 
         assert p == triton.next_power_of_2(n)
         assert [_triton.cdiv(n, b) for b in (1, 3, 16)] == [triton.cdiv(n, b) for b in (1, 3, 16)]
+
+
+def test_every_op_with_a_backend_is_in_the_table():
+    """A public function or class of lib that takes `backend` has a row in OPS (or COVERED)."""
+    import lib
+
+    found = set()
+    for info in pkgutil.walk_packages(lib.__path__, "lib."):
+        if info.name.rsplit(".", 1)[-1] == "__main__":
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            own = getattr(obj, "__module__", None) == module.__name__
+            if name.startswith("_") or not own or not callable(obj):
+                continue
+            try:
+                parameters = inspect.signature(obj).parameters
+            except (TypeError, ValueError):
+                continue
+            if "backend" in parameters:
+                found.add(f"{module.__name__}.{name}")
+    assert {"lib.softmax.softmax", "lib.attention.flash_attention"} <= found
+    missing = found - set(OPS) - set(COVERED)
+    assert not missing, f"add a row to OPS in tests/test_no_triton.py for {sorted(missing)}"
+    stale = (set(OPS) | set(COVERED)) - found
+    assert not stale, f"rows for names that no longer take backend: {sorted(stale)}"
