@@ -68,23 +68,24 @@ def pack_ngrams(ngrams: torch.Tensor, base: int) -> torch.Tensor:
 def count_ngrams(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct n-grams of the 1-D sequence ``ids`` and how often each occurs.
 
-    ids: (N,) int64, values >= 0. Returns ``(ngrams, counts)``: (M, n) int64 rows in
-    lexicographic order and (M,) int64 counts, on the device of ``ids``. The ``N - n + 1``
-    windows are packed into int64 keys (:func:`pack_ngrams`, base ``max(ids) + 1``) and
-    counted by ``torch.unique``, a sort; when ``base ** n`` would overflow int64, the rows
-    themselves are sorted instead (``torch.unique(dim=0)``, slower, same result).
+    ids: (N,) int64, values >= 0. Returns ``(ngrams, counts)``: (M, n) int64
+    rows in lexicographic order and (M,) int64 counts, on the device of ``ids``.
+    The N - n + 1 windows are packed into int64 keys (:func:`pack_ngrams`, base
+    ``max(ids) + 1``) and counted by ``torch.unique``, a sort. When ``base ** n``
+    would overflow int64 the rows themselves are sorted (``torch.unique(dim=0)``:
+    slower, same result).
     """
     check_long_tensor(ids, "ids", ndim=1, low=0)
     check_int(n, "n", minimum=1)
     if ids.numel() < n:
         empty = torch.zeros(0, dtype=torch.long, device=ids.device)
         return empty.reshape(0, n), empty
-    windows = ids.unfold(0, n, 1)  # (N - n + 1, n), a view: row i is ids[i : i + n]
+    windows = ids.unfold(0, n, 1)  # (N - n + 1, n) view: row i is ids[i : i + n]
     base = int(ids.max()) + 1
     if base ** n > _INT64_MAX:
         return torch.unique(windows, dim=0, return_counts=True)
     keys, counts = torch.unique(pack_ngrams(windows, base), return_counts=True)
-    digits = [keys // base**(n - 1 - j) % base for j in range(n)]  # unpack, first id first
+    digits = [keys // base ** (n - 1 - j) % base for j in range(n)]  # unpack
     return torch.stack(digits, dim=1), counts
 
 
@@ -332,15 +333,13 @@ class NGramLM:
         """(len(tokens),) ids on the model's device; unknown tokens become ``<unk>``."""
         return self._fitted().encode(list(tokens)).to(self.device)
 
-    def ngram_probs(self, ngrams: torch.Tensor, context_lengths: torch.Tensor | None = None
-                    ) -> torch.Tensor:
+    def ngram_probs(self, ngrams: torch.Tensor,
+                    context_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """p(w | h) for a batch of n-grams: ngrams (B, order) ids, context first, w last.
 
-        Returns (B,) float64. Vectorised eq. (ng-interp): starting from the uniform
-        distribution, each order k looks the k-gram and its context up in sorted key
-        tables and mixes ``alpha + gamma * p``. An unseen context leaves p unchanged.
-        context_lengths (B,), optional: use only the last ``L`` context tokens of a row
-        (the others are ignored), the lower-order estimate NLTK gives for short contexts.
+        Returns (B,) float64, by :meth:`interpolate` (eq. ng-interp). context_lengths
+        (B,), optional: use only the last ``L`` context tokens of a row (the others are
+        ignored), the lower-order estimate NLTK gives for short contexts.
         """
         V = len(self._fitted())
         n = self.order
@@ -356,19 +355,29 @@ class NGramLM:
             if context_lengths.shape[0] != ngrams.shape[0]:
                 raise ValueError("context_lengths must have one entry per row of ngrams")
             context_lengths = context_lengths.to(self.device)
+        return self.interpolate(ngrams, context_lengths)
+
+    def interpolate(self, ngrams: torch.Tensor,
+                    context_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. (ng-interp) for checked ids (B, order): p_0 uniform, k = 1 .. n.
+
+        Each order looks its k-gram and context up in sorted key tables (2 binary
+        searches) and mixes ``alpha + gamma * p``. Users call :meth:`ngram_probs`.
+        """
+        V, n = len(self.vocabulary), self.order
         word = ngrams[:, -1]
-        p = torch.full(word.shape, 1.0 / (V - 1), dtype=torch.float64, device=self.device)
+        p = torch.full(word.shape, 1 / (V - 1), dtype=torch.float64,
+                       device=word.device)  # p_0: uniform over all but <s>
         p[word == self.vocabulary.stoi[BOS]] = 0.0  # <s> is never predicted
-        gram = torch.zeros_like(word)
-        ctx = torch.zeros_like(word)
+        gram = ctx = torch.zeros_like(word)  # the empty gram and empty context
         for k, level in enumerate(self.levels, start=1):
-            first = ngrams[:, n - k]
-            gram = _find(level.gram_keys, gram * V + first)
+            first = ngrams[:, n - k]  # extends the (k-1)-gram and its context
+            gram = _find(level.gram_keys, gram * V + first)  # -1: unseen
             if k > 1:
                 ctx = _find(level.ctx_keys, ctx * V + first)
-            if not level.active:
+            if not level.active:  # add-k: only the top order
                 continue
-            use = ctx >= 0
+            use = ctx >= 0  # an unseen context passes p through
             if context_lengths is not None:
                 use &= context_lengths >= k - 1
             alpha = torch.where(gram >= 0, level.alpha[gram.clamp(min=0)], 0.0)
