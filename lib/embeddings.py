@@ -196,7 +196,7 @@ def cooccurrence(ids: torch.Tensor, sentence: torch.Tensor, vocab_size: int, win
     """Co-occurrence counts (V, V) float64: row = input word, column = output word.
 
     A pair at distance d of the same sentence counts ``(window - d + 1) / window`` with
-    ``dynamic`` (the expected number of times :func:`skipgram_pairs` draws it, eq. 11)
+    ``dynamic`` (the expected number of times :func:`lib.word2vec.skipgram_pairs` draws it, eq. 11)
     and 1 without. ids, sentence: (N,) int64 as from :meth:`Vocab.encode_sentences`.
     """
     check_long_tensor(ids, "ids", ndim=1, low=0, high=vocab_size)

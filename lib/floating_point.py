@@ -264,7 +264,7 @@ def round_to_format(
 
 
 def ulp(x: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
-    """The spacing of ``fmt``'s numbers at |x| (eq. 5), float64; 2^(emin - m) below the normals."""
+    """The spacing of ``fmt``'s numbers at x (eq. 5), float64; 2^(emin - m) below the normals."""
     _check_values(x)
     _check_format(fmt)
     return _pow2(_exponent(x.double().abs(), fmt) - fmt.mantissa_bits)
