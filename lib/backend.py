@@ -121,7 +121,7 @@ def gpu_section(what: str) -> bool:
     """
     if CUDA and scale() == "full":
         return True
-    print(f"Skipped: {what} needs CUDA and BOOK_SCALE=full "
+    print(f"Skipped: {what} needs CUDA and BOOK_SCALE=full\n"
           f"(here: device={default_device()}, scale={scale()}).")
     return False
 
