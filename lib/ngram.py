@@ -4,8 +4,9 @@ An n-gram model of order ``n`` predicts each token from the ``n - 1`` tokens bef
 (the Markov assumption, eq. ng-markov) with probabilities estimated from counts.
 Everything here runs on the device of its tensors, with no Python loop over tokens:
 
-* :func:`count_ngrams` counts the n-grams of a sequence by packing each one into a single
-  int64 key (its ids as digits in base ``V``) and sorting the keys (``torch.unique``).
+* :func:`count_ngrams` (from :mod:`lib.ngram_counting`) counts the n-grams of a sequence
+  by packing each one into a single int64 key (its ids as digits in base ``V``) and
+  sorting the keys (``torch.unique``).
 * :class:`NGramLM` stores, for every order ``k = 1 .. n``, the sorted keys of the k-grams
   and of their contexts, and per-entry weights of one recursion (eq. ng-interp),
   ``p_k(w | h) = alpha_k(h w) + gamma_k(h) p_{k-1}(w | h')``, that every smoothing shares:
@@ -41,97 +42,20 @@ import torch
 
 from .backend import default_device
 from .corpus import BOS, EOS, UNK, Vocabulary, check_sentences
+from .ngram_counting import (  # noqa: F401  (count_ngrams, the discounts: lib.ngram's too)
+    count_ngrams,
+    counts_of_counts,
+    find_keys,
+    kn_discount,
+    modified_kn_discounts,
+    pack_ngrams,
+)
 from .validate import check_choice, check_int, check_long_tensor, check_real
 
 SMOOTHINGS = ("mle", "laplace", "kneser_ney", "modified_kneser_ney")
 # KenLM's --discount_fallback default: the discounts used when counts of counts are too
 # few to estimate them (tiny or artificial corpora).
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
-_INT64_MAX = 2**63 - 1
-
-
-# ------------------------------------------------------------------------ counting
-
-
-def pack_ngrams(ngrams: torch.Tensor, base: int) -> torch.Tensor:
-    """One int64 key per row of ``ngrams`` (M, n): its ids as the digits of a base-``base`` number.
-
-    Keys sort like the rows (lexicographically) because every id is below ``base``.
-    Requires ``base ** n <= 2**63 - 1``; :func:`count_ngrams` checks this.
-    """
-    key = torch.zeros(ngrams.shape[0], dtype=torch.long, device=ngrams.device)
-    for j in range(ngrams.shape[1]):  # Horner's rule over the n columns
-        key = key * base + ngrams[:, j]
-    return key
-
-
-def count_ngrams(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct n-grams of the 1-D sequence ``ids`` and how often each occurs.
-
-    ids: (N,) int64, values >= 0. Returns ``(ngrams, counts)``: (M, n) int64
-    rows in lexicographic order and (M,) int64 counts, on the device of ``ids``.
-    The N - n + 1 windows are packed into int64 keys (:func:`pack_ngrams`, base
-    ``max(ids) + 1``) and counted by ``torch.unique``, a sort. When ``base ** n``
-    would overflow int64 the rows themselves are sorted (``torch.unique(dim=0)``:
-    slower, same result).
-    """
-    check_long_tensor(ids, "ids", ndim=1, low=0)
-    check_int(n, "n", minimum=1)
-    if ids.numel() < n:
-        empty = torch.zeros(0, dtype=torch.long, device=ids.device)
-        return empty.reshape(0, n), empty
-    windows = ids.unfold(0, n, 1)  # (N - n + 1, n) view: row i is ids[i : i + n]
-    base = int(ids.max()) + 1
-    if base ** n > _INT64_MAX:
-        return torch.unique(windows, dim=0, return_counts=True)
-    keys, counts = torch.unique(pack_ngrams(windows, base), return_counts=True)
-    digits = [keys // base ** (n - 1 - j) % base for j in range(n)]  # unpack
-    return torch.stack(digits, dim=1), counts
-
-
-def _find(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Position of each of ``keys`` in ``sorted_keys``, or -1 where it is absent."""
-    pos = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
-    return torch.where(sorted_keys[pos] == keys, pos, -1)
-
-
-# ------------------------------------------------------------------ discounts
-
-
-def kn_discount(counts_of_counts: Sequence[int]) -> float | None:
-    """The Kneser-Ney discount ``D = n1 / (n1 + 2 n2)`` (eq. ng-d), or None if undefined.
-
-    counts_of_counts: ``[n1, n2, ...]``, the number of n-grams seen once, twice, ...
-    Undefined (None) when ``n1`` or ``n2`` is 0, where the estimate degenerates to 0 or 1.
-    """
-    n1, n2 = counts_of_counts[0], counts_of_counts[1]
-    if n1 == 0 or n2 == 0:
-        return None
-    return n1 / (n1 + 2 * n2)
-
-
-def modified_kn_discounts(counts_of_counts: Sequence[int]) -> tuple[float, float, float] | None:
-    """Modified Kneser-Ney discounts ``D_c = c - (c + 1) Y n_{c+1} / n_c`` for c = 1, 2, 3.
-
-    Here ``Y = n1 / (n1 + 2 n2)``: eq. (ng-mkn-d), as KenLM computes it (Chen & Goodman's
-    eq. 26). counts_of_counts: ``[n1, n2, n3, n4]``. None when ``n1``, ``n2`` or ``n3``
-    is 0 or a discount falls outside ``[0, c]`` (KenLM refuses such data unless told to
-    fall back).
-    """
-    n = [0, *counts_of_counts[:4]]
-    if min(n[1], n[2], n[3]) == 0:
-        return None
-    y = n[1] / (n[1] + 2 * n[2])
-    d = tuple(c - (c + 1) * y * n[c + 1] / n[c] for c in (1, 2, 3))
-    if any(not 0 <= d[c - 1] <= c for c in (1, 2, 3)):
-        return None
-    return d
-
-
-def _counts_of_counts(counts: torch.Tensor, top: int = 4) -> list[int]:
-    """``[n1, ..., n_top]``: how many entries of ``counts`` equal 1, 2, ..., ``top``."""
-    hist = torch.bincount(counts.clamp(max=top + 1), minlength=top + 2)
-    return [int(v) for v in hist[1 : top + 1]]
 
 
 def _check_discount(discount, smoothing: str, order: int):
@@ -304,7 +228,7 @@ class NGramLM:
     def _discount_of(self, k: int, counts: torch.Tensor) -> torch.Tensor:
         """(M,) float64: the discount of each k-gram of order k + 1; records it in discounts."""
         given = self._discount[k]
-        coc = _counts_of_counts(counts)
+        coc = counts_of_counts(counts)
         if self.smoothing == "kneser_ney":
             d = given if given is not None else kn_discount(coc)
             if d is None:
@@ -372,9 +296,9 @@ class NGramLM:
         gram = ctx = torch.zeros_like(word)  # the empty gram and empty context
         for k, level in enumerate(self.levels, start=1):
             first = ngrams[:, n - k]  # extends the (k-1)-gram and its context
-            gram = _find(level.gram_keys, gram * V + first)  # -1: unseen
+            gram = find_keys(level.gram_keys, gram * V + first)  # -1: unseen
             if k > 1:
-                ctx = _find(level.ctx_keys, ctx * V + first)
+                ctx = find_keys(level.ctx_keys, ctx * V + first)
             if not level.active:  # add-k: only the top order
                 continue
             use = ctx >= 0  # an unseen context passes p through
