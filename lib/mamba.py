@@ -7,8 +7,8 @@ numbers refer to chapter 8.
 
 :class:`MambaBlock` follows the reference ``mamba_ssm.modules.mamba_simple.Mamba``: an input
 projection to two branches of width E = expand x d_model; on one, a causal depthwise
-convolution, SiLU and the selective SSM (Δ, B, C projected from the branch, eq. 12); the
-other gates the SSM output through SiLU (eq. 13); an output projection back to d_model.
+convolution, SiLU and the selective SSM (Δ, B, C projected from the branch, eq. 11); the
+other gates the SSM output through SiLU (eq. 12); an output projection back to d_model.
 With ``selective=False`` the same block holds a time-invariant diagonal SSM instead
 (S4D-Real: learned Δ, B, C per channel, the same A), computed as a convolution with the
 Vandermonde kernel (eqs. 9, 10): the "Mamba architecture with an S4 layer" row of the

@@ -11,8 +11,8 @@ convolution y = K * u with K_l = C Ā^l B̄ (eq. 9). Sign convention: the HiPPO 
 returned for x' = A x + B u (eigenvalues with negative real parts), i.e. the negative of
 the paper's A, as in the S4 code.
 
-Selective scan (Mamba, eqs. 12 to 14): Δ, B and C depend on the time step, so there is no
-convolution; the recurrence is a scan with the associative combine of eq. 15.
+Selective scan (Mamba, eqs. 11, 12): Δ, B and C depend on the time step, so there is no
+convolution; the recurrence is a scan with the associative combine of eq. 13.
 
 Module layout: HiPPO matrices -> discretisation -> kernels, recurrence and convolution ->
 online function approximation -> selective scan (reference, chunked, validation, public).
@@ -44,7 +44,7 @@ DISCRETIZATIONS = ("bilinear", "zoh", "euler")
 
 
 def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """HiPPO-LegS (scaled Legendre, eq. 6): A (N, N), B (N,) in float64.
+    """HiPPO-LegS (scaled Legendre, eq. 4): A (N, N), B (N,) in float64.
 
     The coefficients of the history on [0, t] follow x' = (1/t) (A x + B f(t)), with
     A_nk = -sqrt(2n+1) sqrt(2k+1) for n > k, -(n+1) for n = k, 0 for n < k; B_n = sqrt(2n+1).
@@ -57,7 +57,7 @@ def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def hippo_legt(N: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """HiPPO-LegT (translated Legendre, window 1, eq. 5): A (N, N), B (N,) in float64.
+    """HiPPO-LegT (translated Legendre, window 1, eq. 3): A (N, N), B (N,) in float64.
 
     The coefficients of the last unit of time follow x' = A x + B f(t), with
     A_nk = -sqrt(2n+1) sqrt(2k+1) times 1 for n >= k and (-1)^(n-k) for n < k;
@@ -90,7 +90,7 @@ def _check_system(A, B, name_a="A", name_b="B"):
 
 def discretize(A: torch.Tensor, B: torch.Tensor, dt: float, method: str = "bilinear"
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Ā, B̄) of x' = A x + B u for a step ``dt`` (eqs. 2 to 4).
+    """(Ā, B̄) of x' = A x + B u for a step ``dt`` (eqs. 5 to 7).
 
     A: (N, N), or (N,) for a diagonal A (real or complex); B: (N,). Returns Ā and B̄ of the
     shapes of A and B. ``"euler"``: Ā = I + dt A, B̄ = dt B. ``"bilinear"``:
@@ -127,7 +127,7 @@ def discretize(A: torch.Tensor, B: torch.Tensor, dt: float, method: str = "bilin
 
 
 def vandermonde_product(w: torch.Tensor, A_bar: torch.Tensor, L: int) -> torch.Tensor:
-    """Re sum_n w_n Ā_n^l for l = 0 .. L-1: w, Ā (..., N) -> (..., L) (eq. 11).
+    """Re sum_n w_n Ā_n^l for l = 0 .. L-1: w, Ā (..., N) -> (..., L) (eq. 10).
 
     The product of w with the Vandermonde matrix V_nl = Ā_n^l. A complex Ā is raised in
     polar form, |Ā|^l (cos lθ + i sin lθ) with θ = arg Ā, in real arithmetic: one exp and
@@ -278,17 +278,23 @@ def hippo_coefficients(signal: torch.Tensor, N: int, measure: str = "legs",
 
 
 def hippo_reconstruct(signal: torch.Tensor, N: int, measure: str = "legs",
-                      t: int | None = None, theta: float | None = None
+                      t: int | None = None, theta: float | None = None,
+                      coefficients: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the HiPPO state remembers at step t (default L): (positions, reconstruction).
 
-    Evaluates f(s) ~ sum_n c_n sqrt(2n+1) P_n(x(s)) (eq. 7) at the sample midpoints
+    Evaluates f(s) ~ sum_n c_n sqrt(2n+1) P_n(x(s)) (eq. 2) at the sample midpoints
     s = j + 1/2 of the window the measure covers: the whole history [0, t] for LegS
     (x = 2s/t - 1), the last theta samples for LegT (x = 2(s - t)/theta + 1). Returns the
-    sample indices j (long) and the reconstructed values (float64).
+    sample indices j (long) and the reconstructed values (float64). ``coefficients``: the
+    (L, N) output of :func:`hippo_coefficients` for these arguments, to reuse it across t.
     """
-    coefs = hippo_coefficients(signal, N, measure, theta)
-    L = signal.shape[0]
+    L = check_tensor(signal, "signal", ndim=1).shape[0]
+    if coefficients is None:
+        coefficients = hippo_coefficients(signal, N, measure, theta)
+    elif coefficients.shape != (L, N):
+        raise ValueError(f"coefficients must have shape ({L}, {N}), got "
+                         f"{tuple(coefficients.shape)}")
     t = L if t is None else t
     check_positive_int(t, "t")
     if t > L:
@@ -300,7 +306,7 @@ def hippo_reconstruct(signal: torch.Tensor, N: int, measure: str = "legs",
         theta = float(L) if theta is None else float(theta)
         j = torch.arange(max(0, math.ceil(t - theta)), t, device=signal.device)
         x = 2 * (j + 0.5 - t) / theta + 1
-    values = coefs[t - 1] @ legendre(N, x.to(torch.float64))
+    values = coefficients[t - 1] @ legendre(N, x.to(torch.float64))
     return j, values
 
 
@@ -314,7 +320,7 @@ def _scan_dtype(*tensors) -> torch.dtype:
 
 
 def _step_sizes(delta, delta_bias, delta_softplus, dtype):
-    """Δ = softplus(delta + delta_bias) (eq. 12), in ``dtype``."""
+    """Δ = softplus(delta + delta_bias) (eq. 11), in ``dtype``."""
     dt = delta.to(dtype)
     if delta_bias is not None:
         dt = dt + delta_bias.to(dtype)[:, None]
@@ -322,7 +328,7 @@ def _step_sizes(delta, delta_bias, delta_softplus, dtype):
 
 
 def _gate(y, u, D, z, dtype):
-    """y + D u, times silu(z) (eq. 13)."""
+    """y + D u, times silu(z) (eq. 12)."""
     if D is not None:
         y = y + u.to(dtype) * D.to(dtype)[:, None]
     if z is not None:
@@ -332,7 +338,7 @@ def _gate(y, u, D, z, dtype):
 
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                              delta_softplus=False, return_last_state=False):
-    """The selective scan, one time step after the other: the spec (eqs. 12 to 14).
+    """The selective scan, one time step after the other: the spec (eqs. 11, 12).
 
     u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L); D, delta_bias: (dim,).
     Semantics of Mamba's ``selective_scan_ref``: the state is fp32 (float64 if an input
@@ -342,14 +348,15 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     """
     dtype = _scan_dtype(u, delta, A, B, C, D, z, delta_bias)
     dt = _step_sizes(delta, delta_bias, delta_softplus, dtype)  # (batch, dim, L)
-    A, B, C = A.to(dtype), B.to(dtype), C.to(dtype)
+    A, B, C, u32 = A.to(dtype), B.to(dtype), C.to(dtype), u.to(dtype)
     a = torch.exp(torch.einsum("bdl,dn->bdln", dt, A))  # Ā_l = exp(Δ_l A)
-    b = torch.einsum("bdl,bnl,bdl->bdln", dt, B, u.to(dtype))  # B̄_l u_l = Δ_l B_l u_l
-    x = torch.zeros(u.shape[0], A.shape[0], A.shape[1], dtype=dtype, device=u.device)
+    b = torch.einsum("bdl,bnl,bdl->bdln", dt, B, u32)  # B̄_l u_l = Δ_l B_l u_l
+    batch, dim, L = u.shape
+    x = torch.zeros(batch, dim, A.shape[1], dtype=dtype, device=u.device)
     ys = []
-    for l in range(u.shape[2]):
-        x = a[:, :, l] * x + b[:, :, l]  # eq. 14
-        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, l]))
+    for l in range(L):
+        x = a[:, :, l] * x + b[:, :, l]  # eq. 12
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, l]))  # y_l = C_l x_l
     out = _gate(torch.stack(ys, dim=2), u, D, z, dtype).to(u.dtype)
     return (out, x) if return_last_state else out
 
@@ -358,8 +365,8 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 
 
 class _ChunkedScan(torch.autograd.Function):
-    """x_l = exp(Δ_l A) x_{l-1} + Δ_l B_l u_l, y_l = C_l x_l (eq. 13) on chunks of T steps,
-    with the backward of eq. 17 written out (autograd would record every step's ops).
+    """x_l = exp(Δ_l A) x_{l-1} + Δ_l B_l u_l, y_l = C_l x_l (eq. 12) on chunks of T steps,
+    with the backward of eq. 15 written out (autograd would record every step's ops).
 
     dt, u: (batch, dim, L); A: (dim, N); B, C: (batch, N, L); all of one float dtype.
     Tensors are laid out (T, batch, dim, n_chunks, N): position in the chunk first, so that
@@ -386,11 +393,11 @@ class _ChunkedScan(torch.autograd.Function):
         for t in range(1, T):
             b_tot = torch.addcmul(b[t], a[t], b_tot)
         a_tot = a.prod(0)
-        # (2) the state entering each chunk, one chunk after the other (eq. 15)
+        # (2) the state entering each chunk, one chunk after the other (eq. 13)
         x_in = [torch.zeros_like(b_tot[:, :, 0])]
         for c in range(n_chunks - 1):
             x_in.append(torch.addcmul(b_tot[:, :, c], a_tot[:, :, c], x_in[-1]))
-        # (3) every chunk again from its true initial state (eq. 16), reading out y = C x;
+        # (3) every chunk again from its true initial state (eq. 14), reading out y = C x;
         # the states are kept only when a gradient will be needed
         x, xs, ys = torch.stack(x_in, dim=2), [], []
         for t in range(T):
@@ -410,7 +417,7 @@ class _ChunkedScan(torch.autograd.Function):
         pad = n_chunks * T - ctx.L
         dy = F.pad(dy, (0, pad)).view(batch, dim, n_chunks, T).permute(3, 0, 1, 2)
         c = C_p * dy[..., None]  # dLoss/dx_l through y_l
-        # the adjoint g_l = c_l + a_{l+1} g_{l+1} (eq. 17), as the forward but reversed:
+        # the adjoint g_l = c_l + a_{l+1} g_{l+1} (eq. 15), as the forward but reversed:
         # (1) inside each chunk from a zero carry
         h = [c[-1]]
         for t in range(T - 2, -1, -1):
@@ -446,11 +453,11 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     The same arguments and results as :func:`selective_scan_reference`. The L steps are
     cut into chunks of ``chunk`` steps (default: the power of two nearest sqrt(L/2)), and
     (1) every chunk is scanned at once, one position after the other, from a zero state,
-    keeping only its total (the pair of eq. 15 for the whole chunk); (2) the totals are
+    keeping only its total (the pair of eq. 13 for the whole chunk); (2) the totals are
     combined one chunk after the other, giving the state entering each chunk; (3) every
     chunk is scanned at once again from that state. That is about 2 chunk + L/chunk Python
     steps instead of L, each on a larger tensor. The backward runs the same scheme in
-    reverse (eq. 17). Unlike the Triton kernel it keeps the (batch, dim, L, N) states.
+    reverse (eq. 15). Unlike the Triton kernel it keeps the (batch, dim, L, N) states.
     """
     dtype = _scan_dtype(u, delta, A, B, C, D, z, delta_bias)
     L = u.shape[2]
@@ -494,19 +501,18 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     check_bool(return_last_state, "return_last_state")
     # exp(Δ A) > 1 would grow the state exponentially: Mamba keeps A = -exp(A_log) < 0
     if not bool(torch.isfinite(A).all()) or bool((A > 0).any()):
-        raise ValueError("A must be finite with no positive entry (the state would grow as "
-                         "exp(Δ A) > 1 per step); parameterise it as A = -exp(A_log)")
+        raise ValueError("A must be finite and <= 0: exp(Δ A) > 1 grows the state every step")
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend="auto"):
-    """Mamba's selective scan (eqs. 12 to 14), differentiable on every backend.
+    """Mamba's selective scan (eqs. 11, 12), differentiable on every backend.
 
     u, delta, z: (batch, dim, L), one float dtype; A: (dim, N) with no positive entry;
     B, C: (batch, N, L); D, delta_bias: (dim,); any of fp32, fp16, bf16 (float64 on the
-    "torch" backend). Δ = softplus(delta + delta_bias) if ``delta_softplus`` (eq. 12),
-    x_l = exp(Δ_l A) x_{l-1} + Δ_l B_l u_l (eq. 14), out = (C_l x_l + D u_l) silu(z_l)
-    (eq. 13), with an fp32 state; out has u's dtype. With ``return_last_state`` also the
+    "torch" backend). Δ = softplus(delta + delta_bias) if ``delta_softplus`` (eq. 11),
+    x_l = exp(Δ_l A) x_{l-1} + Δ_l B_l u_l (eq. 12), out = (C_l x_l + D u_l) silu(z_l)
+    (eq. 12), with an fp32 state; out has u's dtype. With ``return_last_state`` also the
     last state (batch, dim, N) fp32 (its gradient is used, unlike Mamba's).
 
     backend: ``"auto"`` (Triton on CUDA, else PyTorch), ``"triton"`` (the kernels of

@@ -5,25 +5,25 @@ Chapter 8 (equation numbers refer to it). Gu & Dao (2023), "Mamba: linear-time s
 modeling with selective state spaces"; Blelloch (1990), "Prefix sums and their applications".
 
 The op (its spec is :func:`lib.ssm.selective_scan_reference`): for every batch b, channel d
-and state n, with dt = softplus(delta + delta_bias) (eq. 12),
+and state n, with dt = softplus(delta + delta_bias) (eq. 11),
 
-    x_l = a_l x_{l-1} + b_l,   a_l = exp(dt_l A_dn),   b_l = dt_l B_nl u_l       (eq. 14)
-    y_l = sum_n C_nl x_l + D_d u_l,   out_l = y_l * silu(z_l)                    (eq. 13)
+    x_l = a_l x_{l-1} + b_l,   a_l = exp(dt_l A_dn),   b_l = dt_l B_nl u_l       (eq. 12)
+    y_l = sum_n C_nl x_l + D_d u_l,   out_l = y_l * silu(z_l)
 
 Layout of the work. One program per (channel d, batch b): a grid of dim x batch programs,
 each independent of the others. A program keeps its N states in registers and walks L in
 chunks of BLOCK_L steps. Per chunk it loads u, delta, z (BLOCK_L values, contiguous) and
 B, C (BLOCK_N x BLOCK_L tiles, contiguous along L), forms the pairs (a_l, b_l), and runs
 ``tl.associative_scan`` along L with the combine (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)
-(eq. 15): the scan is parallel across the chunk, and the state carried in from the previous
-chunk enters as x_l = A_l x_in + B_l (eq. 16). The carried state is written to HBM once per
+(eq. 13): the scan is parallel across the chunk, and the state carried in from the previous
+chunk enters as x_l = A_l x_in + B_l (eq. 14). The carried state is written to HBM once per
 chunk (a checkpoint, (batch, dim, n_chunks, N) fp32): the backward kernel restarts each
 chunk from it instead of reading all L states, which are never stored (Mamba's
 recomputation).
 
 The backward kernel walks the chunks in reverse. For each chunk it recomputes the states
 from the checkpoint, then runs the adjoint recurrence g_l = C_l dy_l + a_{l+1} g_{l+1}
-(eq. 17) as a reverse associative scan with the same combine, carrying a_first g_first to
+(eq. 15) as a reverse associative scan with the same combine, carrying a_first g_first to
 the previous chunk. du, d(delta), dz are per (b, d) and written directly; dA and dD are
 summed over L in registers and written per (b, d), then summed over the batch in PyTorch;
 dB and dC are shared by all channels of a batch element and accumulated with atomic adds
@@ -47,7 +47,7 @@ MAX_STATE = 256  # d_state up to this is supported (padded to a power of two ins
 
 @triton.jit
 def _scan_combine(a_left, b_left, a_right, b_right):
-    """(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2): x -> a2 (a1 x + b1) + b2 (eq. 15)."""
+    """(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2): x -> a2 (a1 x + b1) + b2 (eq. 13)."""
     return a_left * a_right, a_right * b_left + b_right
 
 
@@ -67,19 +67,20 @@ def _sigmoid(x):
 
 
 @triton.jit
-def _chunk_terms(u_row, delta_row, B_base, offs_l, mask_l, offs_n, mask_n, A_n, bias, L,
-                 DELTA_SOFTPLUS: tl.constexpr):
-    """Load one chunk and form dt (eq. 12) and the scan pairs (a, b) of eq. 14.
+def _chunk_terms(u_row, delta_row, B_base, offs_l, offs_n, A_n, bias, L, N,
+                 SOFTPLUS: tl.constexpr):
+    """Load one chunk and form dt (eq. 11) and the scan pairs (a, b) of eq. 12.
 
     Returns u, dt_raw, dt (BLOCK_L,), B (BLOCK_N, BLOCK_L), a, b (BLOCK_N, BLOCK_L).
     Past L: dt = 0, so a = 1 and b = 0 and the carried state passes through unchanged.
     """
+    mask_l = offs_l < L
     u = tl.load(u_row + offs_l, mask=mask_l, other=0.0).to(tl.float32)
     dt_raw = tl.load(delta_row + offs_l, mask=mask_l, other=0.0).to(tl.float32) + bias
-    dt = _softplus(dt_raw) if DELTA_SOFTPLUS else dt_raw
+    dt = _softplus(dt_raw) if SOFTPLUS else dt_raw
     dt = tl.where(mask_l, dt, 0.0)
     tile = offs_n[:, None] * L + offs_l[None, :]
-    mask = mask_n[:, None] & mask_l[None, :]
+    mask = (offs_n < N)[:, None] & mask_l[None, :]
     B = tl.load(B_base + tile, mask=mask, other=0.0).to(tl.float32)
     a = tl.exp(dt[None, :] * A_n[:, None])
     b = B * (dt * u)[None, :]
@@ -97,34 +98,38 @@ def _selective_scan_fwd_kernel(
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     row = pid_b.to(tl.int64) * DIM + pid_d  # the (b, d) row of u, delta, z, out
+    u_row, delta_row = u_ptr + row * L, delta_ptr + row * L
+    z_row, out_row = z_ptr + row * L, out_ptr + row * L
+    ckpt_row = ckpt_ptr + row * N_CHUNKS * N
+    B_base = B_ptr + pid_b.to(tl.int64) * N * L
+    C_base = C_ptr + pid_b.to(tl.int64) * N * L
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs = tl.arange(0, BLOCK_L)
     A_n = tl.load(A_ptr + pid_d * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     bias = tl.load(delta_bias_ptr + pid_d).to(tl.float32) if HAS_DELTA_BIAS else 0.0
-    B_base = B_ptr + pid_b.to(tl.int64) * N * L
-    C_base = C_ptr + pid_b.to(tl.int64) * N * L
-    x = tl.zeros((BLOCK_N,), dtype=tl.float32)  # the state, in registers for the whole walk
+    x = tl.zeros((BLOCK_N,), dtype=tl.float32)  # the state, in registers throughout
     for chunk in range(0, N_CHUNKS):
         offs_l = chunk * BLOCK_L + offs
         mask_l = offs_l < L
         # checkpoint: the state entering this chunk, where the backward restarts
-        tl.store(ckpt_ptr + (row * N_CHUNKS + chunk) * N + offs_n, x, mask=mask_n)
-        u, dt_raw, dt, B, a, b = _chunk_terms(u_ptr + row * L, delta_ptr + row * L, B_base,
-                                              offs_l, mask_l, offs_n, mask_n, A_n, bias, L,
-                                              DELTA_SOFTPLUS)
-        # scan the chunk in parallel (eq. 15), then bring in the carried state (eq. 16)
+        tl.store(ckpt_row + chunk * N + offs_n, x, mask=mask_n)
+        u, dt_raw, dt, B, a, b = _chunk_terms(
+            u_row, delta_row, B_base, offs_l, offs_n, A_n, bias, L, N,
+            DELTA_SOFTPLUS)
+        # scan the chunk in parallel (eq. 13), then add the carried state (eq. 14)
         a_cum, b_cum = tl.associative_scan((a, b), 1, _scan_combine)
-        xs = a_cum * x[:, None] + b_cum  # (BLOCK_N, BLOCK_L): the states of the chunk
+        xs = a_cum * x[:, None] + b_cum  # (BLOCK_N, BLOCK_L): the chunk's states
         tile = offs_n[:, None] * L + offs_l[None, :]
-        C = tl.load(C_base + tile, mask=mask_n[:, None] & mask_l[None, :], other=0.0)
-        y = tl.sum(C.to(tl.float32) * xs, axis=0)  # (BLOCK_L,), eq. 13
+        tile_mask = mask_n[:, None] & mask_l[None, :]
+        C = tl.load(C_base + tile, mask=tile_mask, other=0.0).to(tl.float32)
+        y = tl.sum(C * xs, axis=0)  # (BLOCK_L,): y_l = C_l x_l, eq. 12
         if HAS_D:
             y += tl.load(D_ptr + pid_d).to(tl.float32) * u
-        if HAS_Z:
-            z = tl.load(z_ptr + row * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        if HAS_Z:  # out = y silu(z)
+            z = tl.load(z_row + offs_l, mask=mask_l, other=0.0).to(tl.float32)
             y = y * z * _sigmoid(z)
-        tl.store(out_ptr + row * L + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
+        tl.store(out_row + offs_l, y.to(out_ptr.dtype.element_ty), mask=mask_l)
         # the last column is the carried state (padding past L leaves it unchanged)
         x = tl.sum(tl.where(offs[None, :] == BLOCK_L - 1, xs, 0.0), axis=1)
     tl.store(last_ptr + row * N + offs_n, x, mask=mask_n)
@@ -142,18 +147,26 @@ def _selective_scan_bwd_kernel(
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     row = pid_b.to(tl.int64) * DIM + pid_d
+    u_row, delta_row = u_ptr + row * L, delta_ptr + row * L
+    z_row, dout_row = z_ptr + row * L, dout_ptr + row * L
+    du_row, ddelta_row, dz_row = du_ptr + row * L, ddelta_ptr + row * L, dz_ptr + row * L
+    ckpt_row = ckpt_ptr + row * N_CHUNKS * N
+    B_base = B_ptr + pid_b.to(tl.int64) * N * L
+    C_base = C_ptr + pid_b.to(tl.int64) * N * L
+    # dB, dC: fp32 (batch, N, L), shared by the channels of a batch element
+    dB_base = dB_ptr + pid_b.to(tl.int64) * N * L
+    dC_base = dC_ptr + pid_b.to(tl.int64) * N * L
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs = tl.arange(0, BLOCK_L)
     A_n = tl.load(A_ptr + pid_d * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     bias = tl.load(delta_bias_ptr + pid_d).to(tl.float32) if HAS_DELTA_BIAS else 0.0
     D = tl.load(D_ptr + pid_d).to(tl.float32) if HAS_D else 0.0
-    B_base = B_ptr + pid_b.to(tl.int64) * N * L
-    C_base = C_ptr + pid_b.to(tl.int64) * N * L
-    dBC_base = pid_b.to(tl.int64) * N * L  # dB, dC: fp32 (batch, N, L), shared by channels
-    # h: gradient reaching the chunk's last state from later steps (from last_state at first)
+    # h: the gradient reaching the chunk's last state from later steps (at first, from
+    # the last state's own gradient)
     if HAS_DLAST:
-        h = tl.load(dlast_ptr + row * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        h = tl.load(dlast_ptr + row * N + offs_n, mask=mask_n, other=0.0)
+        h = h.to(tl.float32)
     else:
         h = tl.zeros((BLOCK_N,), dtype=tl.float32)
     dA = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -164,31 +177,30 @@ def _selective_scan_bwd_kernel(
         mask_l = offs_l < L
         tile = offs_n[:, None] * L + offs_l[None, :]
         mask = mask_n[:, None] & mask_l[None, :]
-        # recompute the chunk's states from its checkpoint (eqs. 15, 16)
-        x_in = tl.load(ckpt_ptr + (row * N_CHUNKS + chunk) * N + offs_n, mask=mask_n,
-                       other=0.0)
-        u, dt_raw, dt, B, a, b = _chunk_terms(u_ptr + row * L, delta_ptr + row * L, B_base,
-                                              offs_l, mask_l, offs_n, mask_n, A_n, bias, L,
-                                              DELTA_SOFTPLUS)
+        # recompute the chunk's states from its checkpoint (eqs. 13, 14)
+        x_in = tl.load(ckpt_row + chunk * N + offs_n, mask=mask_n, other=0.0)
+        u, dt_raw, dt, B, a, b = _chunk_terms(
+            u_row, delta_row, B_base, offs_l, offs_n, A_n, bias, L, N,
+            DELTA_SOFTPLUS)
         a_cum, b_cum = tl.associative_scan((a, b), 1, _scan_combine)
         xs = a_cum * x_in[:, None] + b_cum
         C = tl.load(C_base + tile, mask=mask, other=0.0).to(tl.float32)
-        dout = tl.load(dout_ptr + row * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        dout = tl.load(dout_row + offs_l, mask=mask_l, other=0.0).to(tl.float32)
         if HAS_Z:  # out = y silu(z): dy = dout silu(z), dz = dout y silu'(z)
-            z = tl.load(z_ptr + row * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+            z = tl.load(z_row + offs_l, mask=mask_l, other=0.0).to(tl.float32)
             sz = _sigmoid(z)
             y = tl.sum(C * xs, axis=0) + D * u
             dz = dout * y * sz * (1.0 + z * (1.0 - sz))
-            tl.store(dz_ptr + row * L + offs_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_l)
+            tl.store(dz_row + offs_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_l)
             dy = dout * z * sz
         else:
             dy = dout
-        tl.atomic_add(dC_ptr + dBC_base + tile, xs * dy[None, :], mask=mask)
-        # adjoint recurrence g_l = C_l dy_l + a_{l+1} g_{l+1} (eq. 17) as a reverse scan:
-        # a_{l+1} is loaded one step ahead; the chunk's last column takes h with factor 1
+        tl.atomic_add(dC_base + tile, xs * dy[None, :], mask=mask)
+        # the adjoint g_l = C_l dy_l + a_{l+1} g_{l+1} (eq. 15) as a reverse scan;
+        # a_{l+1} is loaded one step ahead; the last column takes h with factor 1
         offs_next = offs_l + 1
         mask_next = (offs_next < L) & (offs < BLOCK_L - 1)
-        dt_next = tl.load(delta_ptr + row * L + offs_next, mask=mask_next, other=0.0)
+        dt_next = tl.load(delta_row + offs_next, mask=mask_next, other=0.0)
         dt_next = dt_next.to(tl.float32) + bias
         if DELTA_SOFTPLUS:
             dt_next = _softplus(dt_next)
@@ -197,17 +209,17 @@ def _selective_scan_bwd_kernel(
         g_a, g_b = tl.associative_scan((a_next, C * dy[None, :]), 1, _scan_combine,
                                        reverse=True)
         g = g_a * h[:, None] + g_b  # (BLOCK_N, BLOCK_L): dLoss/dx_l
-        tl.atomic_add(dB_ptr + dBC_base + tile, g * (dt * u)[None, :], mask=mask)
+        tl.atomic_add(dB_base + tile, g * (dt * u)[None, :], mask=mask)
         gB = tl.sum(g * B, axis=0)  # sum_n g_n B_n
-        ga = g * (xs - b)  # g_l a_l x_{l-1}, since a_l x_{l-1} = x_l - b_l
+        ga = g * (xs - b)  # g_l a_l x_{l-1}, as a_l x_{l-1} = x_l - b_l
         ddt = gB * u + tl.sum(ga * A_n[:, None], axis=0)
         dA += tl.sum(ga * dt[None, :], axis=1)
         dD += dy * u
         if DELTA_SOFTPLUS:
             ddt = ddt * _sigmoid(dt_raw)
         du = gB * dt + D * dy
-        tl.store(du_ptr + row * L + offs_l, du.to(du_ptr.dtype.element_ty), mask=mask_l)
-        tl.store(ddelta_ptr + row * L + offs_l, ddt, mask=mask_l)
+        tl.store(du_row + offs_l, du.to(du_ptr.dtype.element_ty), mask=mask_l)
+        tl.store(ddelta_row + offs_l, ddt, mask=mask_l)
         # carry to the previous chunk: dLoss/dx_{first - 1} through a_first
         h = tl.sum(tl.where(offs[None, :] == 0, a * g, 0.0), axis=1)
     tl.store(dA_ptr + row * N + offs_n, dA, mask=mask_n)
