@@ -21,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
+MAX_SHOT = 16000  # pixels of a page's screenshot
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
 )
@@ -235,7 +236,10 @@ def test_pages_render_offline(browser):
                 pass
             widgets = page.evaluate(WIDGETS)
         untypeset, broken = page.evaluate(UNTYPESET), page.evaluate(BROKEN_IMAGES)
-        page.screenshot(path=str(SHOTS / (page_path.replace("/", "__") + ".png")), full_page=True)
+        # the whole page, up to MAX_SHOT pixels (the API reference is a hundred screens long)
+        height = min(page.evaluate("() => document.documentElement.scrollHeight"), MAX_SHOT)
+        page.screenshot(path=str(SHOTS / (page_path.replace("/", "__") + ".png")),
+                        full_page=True, clip={"x": 0, "y": 0, "width": 1400, "height": height})
         page.close()
         issue = {
             "console errors": errors,
