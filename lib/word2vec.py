@@ -213,26 +213,28 @@ class SkipGramNS(nn.Module):
         return F.softplus(-s[:, 0]) + (F.softplus(s[:, 1:]) * real).sum(1)
 
     @torch.no_grad()
-    def sgd_step(self, inputs: torch.Tensor, outputs: torch.Tensor, negatives: torch.Tensor,
-                 lr: float) -> torch.Tensor:
-        """One SGD step of eq. 6 on a batch, in place; returns the loss (B,) before it.
+    def sgd_step(self, inputs: torch.Tensor, outputs: torch.Tensor,
+                 negatives: torch.Tensor, lr: float) -> torch.Tensor:
+        """One SGD step of eq. 6 on a batch, in place; returns the loss (B,).
 
-        The same update as ``forward(...).sum().backward()`` and ``p -= lr * p.grad``, but
-        only the rows of the batch are read and written (no dense gradient), and all pairs
-        of the batch see the weights from before the step (word2vec sees each update).
+        The update of ``forward(...).sum().backward()`` and ``p -= lr * p.grad``,
+        but only the rows of the batch are read and written (no dense
+        gradient), and all pairs of the batch see the weights from before the
+        step (word2vec's loop sees each update before the next pair).
         """
         targets = torch.cat([outputs[:, None], negatives], 1)  # (B, 1 + k)
         B, T = targets.shape
-        real = targets != outputs[:, None]  # negatives equal to the output are skipped
+        real = targets != outputs[:, None]  # negatives equal to y are skipped
         real[:, 0] = True
         w = self.W.index_select(0, inputs)  # (B, d)
-        c = self.C.index_select(0, targets.view(-1)).view(B, T, -1)  # (B, 1 + k, d)
-        s = (c * w[:, None]).sum(-1)  # (B, 1 + k)
-        label = (torch.arange(T, device=s.device) == 0).float()  # 1 for the output word
+        c = self.C.index_select(0, targets.view(-1)).view(B, T, -1)  # (B, T, d)
+        s = (c * w[:, None]).sum(-1)  # (B, T): w_x . c_t
+        label = (torch.arange(T, device=s.device) == 0).float()  # [t = y]
         loss = (F.softplus(s * (1 - 2 * label)) * real).sum(1)  # eq. 4
-        g = (label - torch.sigmoid(s)) * (real * lr)  # lr ([t = y] - s(w_x . c_t)), eq. 6
+        g = (label - torch.sigmoid(s)) * (real * lr)  # lr g_t, eq. 6
         self.W.index_add_(0, inputs, torch.bmm(g[:, None, :], c).squeeze(1))
-        self.C.index_add_(0, targets.view(-1), (g[:, :, None] * w[:, None, :]).view(B * T, -1))
+        self.C.index_add_(0, targets.view(-1),
+                          (g[:, :, None] * w[:, None, :]).view(B * T, -1))
         return loss
 
 
@@ -260,11 +262,12 @@ def _diverged(epoch: int, batch_size: int, outputs: torch.Tensor, vocab: Vocab) 
     counts = torch.bincount(outputs)
     top = int(counts.argmax())
     raise FloatingPointError(
-        f"training diverged in epoch {epoch + 1} (the loss is not finite). All pairs of a "
-        f"batch see the weights from before the step, so a word in many of them gets a "
-        f"step that many times too large: {vocab.itos[top]!r} is the output of "
-        f"{counts[top] / outputs.numel():.0%} of this run's pairs. Subsample frequent "
-        f"words (sample > 0), or lower batch_size (now {batch_size}) or lr.")
+        f"training diverged in epoch {epoch + 1} (the loss is not finite).\n"
+        f"All pairs of a batch see the weights from before the step, so a word\n"
+        f"in many of them gets a step that many times too large: "
+        f"{vocab.itos[top]!r} is the\noutput of {counts[top] / outputs.numel():.0%} "
+        f"of this run's pairs. Subsample frequent words (sample > 0),\n"
+        f"or lower batch_size (now {batch_size}) or lr.")
 
 
 def train_word2vec(corpus: Sentences, dim: int = 100, window: int = 5, negative: int = 5,
