@@ -16,7 +16,7 @@ how type hints are shown are set by ``autodoc_*`` in ``_config.yml``. Chapters l
 module's section with ``[API reference](#api-lib-softmax)`` or ``{py:mod}`lib.softmax```.
 The page is re-read on every build, because the modules can change without it.
 
-Two choices of presentation, made here once for every module:
+Three choices, made here once for every module:
 
 * module constants (``BACKENDS``, ``CORPORA``, ...) are documented even without a
   docstring, so that ``:data:`BACKENDS``` in a docstring has a target; a constant
