@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import scipy.signal
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.polynomial import legendre as npleg
 
 from lib.ssm import (
@@ -244,6 +246,30 @@ def test_reference_and_chunked_match_the_quadratic_form(shape, options):
     for chunk in (None, 1, 4, 64):
         got = selective_scan_chunked(**args, delta_softplus=softplus, chunk=chunk)
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 2), dim=st.integers(1, 3), L=st.integers(1, 40),
+       N=st.integers(1, 5), chunk=st.integers(1, 16), softplus=st.booleans(),
+       with_all=st.booleans(), seed=st.integers(0, 2**16))
+def test_chunked_forward_and_backward_equal_the_reference(batch, dim, L, N, chunk, softplus,
+                                                           with_all, seed):
+    # any shape and chunk length, including chunks longer than L and L = 1; float64, so
+    # the two differ only by rounding (1e-10); the chunked backward is written by hand
+    args = scan_inputs(batch, dim, L, N, dtype=F64, seed=seed, with_all=with_all)
+    args = {k: v.double().requires_grad_() for k, v in args.items()}
+    got, got_last = selective_scan_chunked(**args, delta_softplus=softplus, chunk=chunk,
+                                           return_last_state=True)
+    ref, ref_last = selective_scan_reference(**args, delta_softplus=softplus,
+                                             return_last_state=True)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_last, ref_last, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(ref.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    leaves = list(args.values())
+    grads = torch.autograd.grad((got * weights).sum() + got_last.sum(), leaves)
+    ref_grads = torch.autograd.grad((ref * weights).sum() + ref_last.sum(), leaves)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 def test_time_invariant_scan_matches_scipy_lfilter():

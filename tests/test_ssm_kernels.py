@@ -133,3 +133,20 @@ def test_every_gpu_configuration_is_compiled_ahead_of_time():
         assert f"selective_scan_bwd (bf16, N<={block_n})" in names
     for n in (1, 16, 17, 200, 256):
         assert launch_config(n, 1000)["BLOCK_N"] >= n
+
+
+def test_bench_ssm_pieces():
+    # python -m lib.bench ssm: its correctness check passes, and the CPU measurements return
+    # one positive CPU time per repetition (small sizes here; no timing is asserted)
+    from lib.bench import commands
+    from lib.bench.ssm import _check, kernel_speed, scan_speed, summary
+
+    assert "ssm" in commands()
+    _check()
+    kernel = kernel_speed(L=64, N=4, repeats=2)
+    scan = scan_speed(L=32, dim=2, N=4, repeats=2)
+    assert set(kernel) == {"vandermonde", "naive", "impulse"}
+    assert set(scan) == {"sequential", "chunked"}
+    for times in (*kernel.values(), *scan.values()):
+        assert len(times) == 2 and all(t >= 0 for t in times)
+    assert "ms (" in summary([0.001, 0.002])
