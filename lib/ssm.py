@@ -517,7 +517,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     backend: ``"auto"`` (Triton on CUDA, else PyTorch), ``"triton"`` (the kernels of
     :mod:`lib.ssm_kernels`; Triton's interpreter on CPU; N <= 256) or ``"torch"``
-    (:func:`selective_scan_chunked`).
+    (:func:`selective_scan_chunked`). A with a positive (or non-finite) entry is refused:
+    exp(Δ A) > 1 would grow the state exponentially. That check reads A's values, a
+    small device sync per call on CUDA; other inputs are checked by shape, dtype and
+    device only (a NaN in u propagates to the output, as in any op).
     """
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     args = (u, delta, A, B, C, D, z, delta_bias)
