@@ -343,8 +343,9 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L); D, delta_bias: (dim,).
     Semantics of Mamba's ``selective_scan_ref``: the state is fp32 (float64 if an input
     is), the output has u's dtype; with ``return_last_state`` also the state after the last
-    step, (batch, dim, N). Differentiable through autograd. Inputs are not validated here
-    (see :func:`selective_scan`).
+    step, (batch, dim, N). Of its cases, the one Mamba's block uses: real A, and B, C that
+    vary with the input (no complex A, no (dim, N) or grouped B, C). Differentiable
+    through autograd. Inputs are not validated here (see :func:`selective_scan`).
     """
     dtype = _scan_dtype(u, delta, A, B, C, D, z, delta_bias)
     dt = _step_sizes(delta, delta_bias, delta_softplus, dtype)  # (batch, dim, L)
