@@ -130,7 +130,7 @@ def vandermonde_product(w: torch.Tensor, A_bar: torch.Tensor, L: int) -> torch.T
     """Re sum_n w_n Ā_n^l for l = 0 .. L-1: w, Ā (..., N) -> (..., L) (eq. 10).
 
     The product of w with the Vandermonde matrix V_nl = Ā_n^l. A complex Ā is raised in
-    polar form, |Ā|^l (cos lθ + i sin lθ) with θ = arg Ā, in real arithmetic: one exp and
+    polar form, ``|Ā|^l`` (cos lθ + i sin lθ) with θ = arg Ā, in real arithmetic: one exp and
     one cos/sin pair per entry, several times faster on a CPU than complex powers.
     """
     l = torch.arange(L, device=A_bar.device, dtype=A_bar.real.dtype)
@@ -223,7 +223,7 @@ def ssm_convolve(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 
 
 def legendre(N: int, x: torch.Tensor) -> torch.Tensor:
-    """Scaled Legendre polynomials sqrt(2n+1) P_n(x) for n < N: (N, *x.shape).
+    """Scaled Legendre polynomials sqrt(2n+1) P_n(x) for n < N: ``(N, *x.shape)``.
 
     Bonnet's recurrence (n+1) P_{n+1} = (2n+1) x P_n - n P_{n-1}; the sqrt(2n+1) makes them
     orthonormal for the uniform probability measure on [-1, 1].
