@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from .kernel_spec import KernelSpec
 
 # The lib modules that define aot_specs(): a module with a Triton kernel adds its name.
-KERNEL_MODULES = ("softmax", "loss_scaling", "attention", "ssm_kernels")
+KERNEL_MODULES = ("softmax", "loss_scaling", "attention_launch", "ssm_kernels")
 
 # Per-block shared memory limits (opt-in maximum): H100 227 KiB, A100 163 KiB.
 TARGETS = {"sm_90a": (90, 227 * 1024), "sm_80": (80, 163 * 1024)}
@@ -56,8 +56,13 @@ class CompileReport:
     cp_async: int = 0  # cp.async instructions (asynchronous global -> shared copies)
 
 
-def collect_specs(modules: tuple[str, ...] | None = None) -> list[KernelSpec]:
-    """The specs of every module in :data:`KERNEL_MODULES` (or of ``modules``, a subset)."""
+def collect_specs(modules: tuple[str, ...] | None = None, sweep: bool = False
+                  ) -> list[KernelSpec]:
+    """The specs of every module in :data:`KERNEL_MODULES` (or of ``modules``, a subset).
+
+    sweep: take ``sweep_specs()`` instead of ``aot_specs()`` where a module defines it: every
+    launch variant the module can make, a longer list than the table's.
+    """
     names = modules or KERNEL_MODULES
     unknown = [m for m in names if m not in KERNEL_MODULES]
     if unknown:
@@ -67,7 +72,8 @@ def collect_specs(modules: tuple[str, ...] | None = None) -> list[KernelSpec]:
         module = importlib.import_module(f"lib.{name}")
         if not hasattr(module, "aot_specs"):
             raise RuntimeError(f"lib.{name} is listed in KERNEL_MODULES but has no aot_specs()")
-        specs.extend(module.aot_specs())
+        specs.extend(getattr(module, "sweep_specs", module.aot_specs)() if sweep
+                     else module.aot_specs())
     return specs
 
 
@@ -81,7 +87,7 @@ def _ptxas() -> str:
     raise RuntimeError("Triton's bundled ptxas was not found; is this Triton built for NVIDIA?")
 
 
-def launch_source(spec: KernelSpec, target: str):
+def launch_source(spec: KernelSpec, target: str, hints: bool = True):
     """``(ASTSource, options)`` for ``spec`` on ``target``, specialised as a launch would be.
 
     With ``spec.args`` this runs the kernel's own binder (the function Triton's JIT calls
@@ -90,6 +96,7 @@ def launch_source(spec: KernelSpec, target: str):
     has the signature, the constants (ints equal to 1) and the ``tt.divisibility = 16``
     attributes (16-byte-aligned pointers, ints divisible by 16) that a launch with these
     arguments compiles with. Without ``spec.args``: the bare signature, no hints.
+    hints=False drops the ``tt.divisibility`` attributes (to show what they change).
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
@@ -106,16 +113,17 @@ def launch_source(spec: KernelSpec, target: str):
     bound, specialization, kwargs = binder(**spec.args, **spec.constexprs, **launch)
     options, signature, constexprs, attrs = kernel._pack_args(
         backend, kwargs, bound, specialization, kwargs)
-    return ASTSource(kernel, signature, constexprs, attrs), options.__dict__
+    return ASTSource(kernel, signature, constexprs, attrs if hints else {}), options.__dict__
 
 
-def compile_spec(spec: KernelSpec, target: str) -> CompileReport:
-    """Compile ``spec`` for ``target`` (``"sm_90a"`` or ``"sm_80"``) and read its resource use."""
+def compile_spec(spec: KernelSpec, target: str, hints: bool = True) -> CompileReport:
+    """Compile ``spec`` for ``target`` (``"sm_90a"`` or ``"sm_80"``) and read its resource use
+    (hints=False: without the launcher's divisibility hints, see :func:`launch_source`)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     capability, shared_limit = TARGETS[target]
-    src, options = launch_source(spec, target)
+    src, options = launch_source(spec, target, hints)
     compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
     ptx = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,32 +138,39 @@ def compile_spec(spec: KernelSpec, target: str) -> CompileReport:
     tensor_cores = ("wgmma" in ptx) if capability >= 90 else ("mma.sync" in ptx)
     return CompileReport(
         spec.name, target, registers, spills, compiled.metadata.shared, shared_limit,
-        tensor_cores, spec.matmul, launch_hints=spec.args is not None,
+        tensor_cores, spec.matmul, launch_hints=spec.args is not None and hints,
         vector_loads=len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]", ptx)),
         cp_async=len(re.findall(r"cp\.async\.c[ag]", ptx)),
     )
 
 
-def compile_all(targets=tuple(TARGETS), modules=None, names=None) -> list[CompileReport]:
+def compile_all(targets=tuple(TARGETS), modules=None, names=None,
+                sweep: bool = False, hints: bool = True) -> list[CompileReport]:
     """Compile every spec of every module (or of ``modules``) for every target.
 
     names: optional substrings; only specs whose name contains one of them are compiled.
+    sweep: every launch variant (see :func:`collect_specs`). hints: see :func:`launch_source`.
     """
-    specs = [s for s in collect_specs(modules) if not names or any(n in s.name for n in names)]
-    return [compile_spec(spec, t) for spec in specs for t in targets]
+    specs = [s for s in collect_specs(modules, sweep)
+             if not names or any(n in s.name for n in names)]
+    return [compile_spec(spec, t, hints) for spec in specs for t in targets]
 
 
 def compile_all_subprocess(
-    modules: tuple[str, ...] | None = None, names: tuple[str, ...] | None = None
+    modules: tuple[str, ...] | None = None, names: tuple[str, ...] | None = None,
+    sweep: bool = False, hints: bool = True,
 ) -> list[CompileReport]:
     """Run :func:`compile_all` in a fresh interpreter with ``TRITON_INTERPRET=0``.
 
     modules: names such as ``("softmax",)`` to compile only those modules' kernels.
-    names: substrings of spec names, e.g. ``("attn_fwd (fp16",)``, to compile only those.
+    names: substrings of spec names, e.g. ``("attn_fwd fp16",)``, to compile only those.
+    sweep: every launch variant (see :func:`collect_specs`). hints: False compiles without
+    the launcher's divisibility hints (see :func:`launch_source`).
     """
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     cmd = [sys.executable, "-m", "lib.aot", "--json", *(f"--module={m}" for m in modules or ())]
-    cmd += [f"--name={n}" for n in names or ()]
+    cmd += [f"--name={n}" for n in names or ()] + (["--sweep"] if sweep else [])
+    cmd += [] if hints else ["--no-hints"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"ahead-of-time compilation failed:\n{out.stderr[-4000:]}")
@@ -173,8 +188,7 @@ def format_table(reports: list[CompileReport]) -> str:
         rows.append(f"{name:<36}{r.target:<8}{r.registers:>5}{r.spill_bytes:>8}"
                     f"{r.shared_bytes:>8}{r.cp_async:>9}  {tc}")
     if not all(r.launch_hints for r in reports):
-        rows.append("* compiled without the launcher's specialization (no launch arguments "
-                    "in its KernelSpec)")
+        rows.append("* compiled without the launcher's divisibility hints")
     return "\n".join(rows)
 
 
@@ -183,8 +197,9 @@ if __name__ == "__main__":
 
     modules = tuple(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--module="))
     names = tuple(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--name="))
-    reports = (compile_all_subprocess(modules, names) if INTERPRET
-               else compile_all(modules=modules, names=names))
+    sweep, hints = "--sweep" in sys.argv, "--no-hints" not in sys.argv
+    reports = (compile_all_subprocess(modules, names, sweep, hints) if INTERPRET
+               else compile_all(modules=modules, names=names, sweep=sweep, hints=hints))
     if "--json" in sys.argv:
         print(json.dumps([asdict(r) for r in reports]))
     else:

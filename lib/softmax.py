@@ -14,7 +14,8 @@ which is associative and commutative, so blocks can be processed in any order.
 Convention for rows that are entirely -inf (every entry masked): the output row is
 all zeros, not NaN as ``torch.softmax`` gives. Such a row has no mass to distribute;
 zeros are what FlashAttention returns for a fully masked query (chapter 7) and they
-keep NaN out of gradients. A row holding +inf or NaN gives NaN, as in torch.
+keep NaN out of gradients. A row holding +inf or NaN gives a row of NaN, as
+``torch.softmax`` does, in every backend.
 
 Module layout: reference (the spec) -> memory-traffic model -> (m, d) algebra ->
 Triton kernels -> autograd wrapper -> public ``softmax``.
@@ -28,23 +29,35 @@ import torch
 from ._triton import tl, triton
 from .backend import resolve_backend
 from .kernel_spec import KernelSpec
-from .validate import FLOAT_DTYPES, check_dim, check_positive_int, check_tensor
+from .validate import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_dim,
+    check_positive_int,
+    check_tensor,
+)
 
 # ----------------------------------------------------------------------------- reference
 
 
 def softmax_reference(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Safe softmax along ``dim`` (eq. 3), computed in fp32, returned in ``x.dtype``.
+    """Safe softmax along ``dim`` (eq. 3), computed in fp32 (fp64 for fp64 input),
+    returned in ``x.dtype``.
 
-    x: any shape; the result has the same shape. All -inf rows give zeros.
+    x: fp32, fp16, bf16 or fp64, at least one dimension; the result has the same shape.
+    All -inf rows give zeros; a row holding NaN or +inf gives NaN, as ``torch.softmax``.
     """
-    xf = x.float()
-    m = xf.amax(dim=dim, keepdim=True)
+    check_tensor(x, "x", min_ndim=1, dtypes=FLOAT_DTYPES + (torch.float64,))
+    dim = check_dim(dim, x.dim())
+    if x.shape[dim] == 0:  # nothing to normalise, as torch.softmax
+        return torch.empty_like(x)
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    m = xf.amax(dim=dim, keepdim=True)  # NaN if the row holds one; +inf makes x - m NaN
     m = torch.where(m == -math.inf, torch.zeros_like(m), m)  # all -inf row: exp(-inf) = 0
     e = torch.exp(xf - m)
-    d = e.sum(dim=dim, keepdim=True)
-    # d = 0 only when e = 0; dividing by 1 there keeps NaN out of the values and the gradient
-    y = e / torch.where(d > 0, d, torch.ones_like(d))
+    d = e.sum(dim=dim, keepdim=True)  # 0 only for an all -inf row; NaN spreads to the row
+    # dividing by 1 where d = 0 keeps NaN out of an all -inf row's values and gradient
+    y = e / torch.where(d == 0, torch.ones_like(d), d)
     return y.to(x.dtype)
 
 
@@ -74,8 +87,9 @@ def softmax_traffic_model(method: str, rows: int, n: int) -> Traffic:
     fused:  the row fits on chip: one read, one write             -> 1 read,  1 write
     """
     reads = {"naive": 2, "safe": 3, "online": 2, "fused": 1}
-    if method not in reads:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice(method, "method", METHODS)
+    check_positive_int(rows, "rows")
+    check_positive_int(n, "n")
     return Traffic(reads=reads[method] * rows * n, writes=rows * n)
 
 
@@ -88,8 +102,7 @@ def softmax_counted(x: torch.Tensor, method: str, block: int = 128) -> tuple[tor
     """
     check_tensor(x, "x", ndim=2, dtypes=FLOAT_DTYPES)
     check_positive_int(block, "block")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice(method, "method", METHODS)
     rows, n = x.shape
     t = Traffic()
     y = torch.empty_like(x)
@@ -193,7 +206,7 @@ def _softmax_fwd_kernel(
         m_ref = tl.where(m == -float("inf"), 0.0, m)
         e = tl.exp(x - m_ref)
         d = tl.sum(e, 0)
-        inv_d = 1.0 / tl.where(d > 0, d, 1.0)  # d = 0 only for an all -inf row, where e = 0
+        inv_d = 1.0 / tl.where(d == 0, 1.0, d)  # 0: all -inf row (e = 0); NaN spreads
         tl.store(y_row + offs_n, (e * inv_d).to(y_ptr.dtype.element_ty), mask=mask)
     else:
         # pass 1: running max m and normalizer d, rescaled when m grows (eq. 5)
@@ -208,7 +221,7 @@ def _softmax_fwd_kernel(
             m = m_new
         # pass 2: y = exp(x - m) / d, written in the output dtype
         m_ref = tl.where(m == -float("inf"), 0.0, m)
-        inv_d = 1.0 / tl.where(d > 0, d, 1.0)  # d = 0 only for an all -inf row, where e = 0
+        inv_d = 1.0 / tl.where(d == 0, 1.0, d)  # 0: all -inf row (e = 0); NaN spreads
         for start in range(0, n_cols, BLOCK_N):
             cols = start + offs_n
             mask = cols < n_cols
@@ -246,7 +259,15 @@ MAX_BLOCK_N = 2048  # columns per block: a row up to this length stays in regist
 
 
 def launch_config(n_cols: int, block_n: int | None = None) -> tuple[int, int]:
-    """(BLOCK_N, num_warps) for rows of ``n_cols``: one block per row when it fits."""
+    """(BLOCK_N, num_warps) for rows of ``n_cols``: one block per row when it fits.
+
+    block_n: None for the default, else a power of two (the width of ``tl.arange``).
+    """
+    check_positive_int(n_cols, "n_cols")
+    if block_n is not None:
+        check_positive_int(block_n, "block_n")
+        if block_n & (block_n - 1):
+            raise ValueError(f"block_n must be a power of two, got {block_n}")
     if block_n is None:
         block_n = min(triton.next_power_of_2(n_cols), MAX_BLOCK_N)
     num_warps = 4 if block_n <= 1024 else 8
@@ -328,7 +349,8 @@ def softmax(x: torch.Tensor, dim: int = -1, backend: str = "auto") -> torch.Tens
     x: any shape with at least one dimension, dtype fp32, fp16 or bf16.
     backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` (the online-softmax
     kernel, through Triton's interpreter on CPU) or ``"torch"`` (:func:`softmax_reference`).
-    Differentiable with either backend. Rows that are entirely -inf give zeros.
+    Differentiable with either backend. Rows that are entirely -inf give zeros (where
+    ``torch.softmax`` gives NaN); a row holding NaN or +inf gives NaN, as in torch.
     """
     check_tensor(x, "x", min_ndim=1, dtypes=FLOAT_DTYPES)
     dim = check_dim(dim, x.dim())

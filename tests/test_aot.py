@@ -55,6 +55,24 @@ def test_matmuls_use_tensor_cores(reports):
     assert not missing
 
 
+def test_attention_forward_ptx_has_vectorised_loads_and_cp_async(reports):
+    """Compiled with the launcher's hints, the fp16 d = 64 forward loads 16-byte vectors
+    and copies its K, V tiles to shared memory asynchronously, on both targets."""
+    fwd = [r for r in reports if r.name == "attn_fwd fp16 d=64 causal"]
+    assert {r.target for r in fwd} == {"sm_90a", "sm_80"}
+    for r in fwd:
+        assert r.launch_hints and r.vector_loads > 0 and r.cp_async > 0, r
+
+
+def test_every_attention_launch_is_compiled_with_hints(reports):
+    rows = [r for r in reports if r.name.startswith("attn_")]
+    assert rows and all(r.launch_hints for r in rows)
+    variants = {r.name.split(" ", 1)[1] for r in rows}
+    for wanted in ("fp16 d=40 causal", "fp16 d=80 causal",
+                   "fp16 d=96 causal", "fp16 d=64 full", "bf16 d=64 causal"):
+        assert wanted in variants
+
+
 def test_softmax_is_compiled_as_launched(reports):
     """The softmax specs carry their launch arguments: the loads are vectorised."""
     rows = [r for r in reports if r.name.startswith("softmax")]

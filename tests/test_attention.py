@@ -10,20 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib.attention import (
-    MAX_HEAD_DIM,
-    _flash_bwd_triton,
-    _flash_fwd_triton,
-    allowed_keys,
-    attention_reference,
-    attention_tiled,
-    flash_attention,
-    flash_attention_io,
-    sram_block,
-    standard_attention_io,
-    tile_plan,
-)
-from lib.memory import TensorMemoryTracker
+from lib.attention import MAX_HEAD_DIM, allowed_keys, attention_reference, flash_attention
+from lib.attention_launch import _flash_bwd_triton, _flash_fwd_triton, launch_config
 
 # Tolerances (absolute, on outputs of magnitude ~1). All math is fp32; what is left is the
 # rounding of P to the input dtype before P V and of O to the output dtype. Gradients are
@@ -251,6 +239,31 @@ def test_very_negative_lse_gives_finite_gradients(dtype, causal, masked):
         assert excess <= 1, f"d{name}: error {excess:.2f} times the rounding bound"
 
 
+def _tf32(x, mode):
+    """fp32 x kept to TF32's 10 mantissa bits: rounded to nearest, ties away ("rna", as
+    cvt.rna.tf32.f32), or truncated ("rz", the worst a tensor core may do to an input)."""
+    bits = x.view(torch.int32) + (0x1000 if mode == "rna" else 0)
+    return (bits & ~0x1FFF).view(torch.float32)
+
+
+def test_fp32_tf32x3_products_are_within_the_stated_bound():
+    """fp32 inputs on a GPU multiply as Triton's tf32x3 (F32DotTC): a_big = tf32(a),
+    a_small = a - a_big, and a_small b_big + a_big b_small + a_big b_big on TF32 tensor
+    cores. The docstring of lib.attention_launch._precision states at most 5 2^-22 of
+    |a| |b| per product; an emulation (sums in fp64, so only input rounding counts)
+    stays within it, where a single TF32 product does not."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 96, generator=g) * torch.logspace(-4, 4, 96)  # wide magnitudes
+    b = torch.randn(96, 48, generator=g)
+    a_big, b_big = _tf32(a, "rna"), _tf32(b, "rna")
+    t = lambda x: _tf32(x, "rz").double()  # noqa: E731
+    tf32x3 = t(a - a_big) @ t(b_big) + t(a_big) @ t(b - b_big) + t(a_big) @ t(b_big)
+    exact = a.double() @ b.double()
+    bound = 5 * 2.0**-22 * (a.double().abs() @ b.double().abs())
+    assert ((tf32x3 - exact).abs() <= bound).all()
+    assert ((t(a) @ t(b) - exact).abs() > bound).any()
+
+
 def test_noncontiguous_inputs():
     """(B, N, H, d) tensors viewed as (B, H, N, d), as a transformer produces them."""
     g = torch.Generator().manual_seed(0)
@@ -289,71 +302,6 @@ def test_any_shape_and_block_matches_reference(b, h, n_q, n_k, d, causal, mask_k
                             block_do=16 if split else None)
     for g, g_ref in zip(got, grads(ref, (q, k, v), do), strict=True):
         close(g, g_ref, 1e-4)
-
-
-# ------------------------------------------------------------------- tiled forward, IO model
-
-
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("n_q, n_k, block_m, block_n", [(1, 1, 4, 4), (50, 50, 16, 8),
-                                                        (37, 101, 32, 16), (64, 20, 16, 16)])
-def test_tiled_matches_reference(n_q, n_k, block_m, block_n, causal):
-    q, k, v = qkv(2, 2, n_q, n_k, 12)
-    with torch.no_grad():
-        out, _ = attention_tiled(q, k, v, causal, block_m=block_m, block_n=block_n)
-        close(out, attention_reference(q, k, v, causal), 1e-5)
-
-
-@pytest.mark.parametrize("n, d, block", [(100, 8, 16), (256, 64, 64), (257, 32, 1000)])
-def test_tiled_traffic_equals_the_model(n, d, block):
-    """Counted bytes = Q once + K, V once per query block + O once + fp32 L (eq. 11)."""
-    q, k, v = qkv(1, 1, n, n, d, dtype=torch.float16)
-    with torch.no_grad():
-        _, traffic = attention_tiled(q, k, v, block_m=block, block_n=block)
-    assert traffic.total == flash_attention_io(n, d, block, itemsize=2)
-    assert traffic.reads["k"] == traffic.reads["v"] == math.ceil(n / block) * n * d * 2
-    assert traffic.total < standard_attention_io(n, d, 2)
-
-
-@pytest.mark.parametrize("n_q, n_k, causal", [(64, 64, True), (37, 101, True), (90, 30, True),
-                                              (50, 70, False)])
-def test_tile_plan_is_what_the_tiled_forward_visits(n_q, n_k, causal):
-    q, k, v = qkv(1, 1, n_q, n_k, 8)
-    visited = set()
-    with torch.no_grad():
-        attention_tiled(q, k, v, causal, block_m=16, block_n=32,
-                        on_tile=lambda i, j, *_: visited.add((i, j)))
-    plan = tile_plan(n_q, n_k, 16, 32, causal)
-    assert visited == {tuple(ij) for ij in (plan > 0).nonzero().tolist()}
-
-
-def test_tile_plan_counts_for_a_square_causal_grid():
-    plan = tile_plan(256, 256, 64, 64, causal=True)
-    assert torch.equal(plan, torch.tensor([[2, 0, 0, 0], [1, 2, 0, 0], [1, 1, 2, 0],
-                                           [1, 1, 1, 2]], dtype=torch.int8))
-    assert torch.equal(tile_plan(100, 100, 64, 64)[:, 1], torch.tensor([2, 2], dtype=torch.int8))
-    assert (tile_plan(64, 300, 64, 64, n_mask=70)[0] == torch.tensor([1, 1, 1, 2, 2])).all()
-
-
-def test_io_model_scales_as_n2_d2_over_m():
-    """With the SRAM-filling block the K, V traffic grows as N^2 d^2 / M (eq. 12)."""
-    n, m = 3 * 2**14, 192 * 1024  # N a multiple of every block below: no rounding
-    traffic = {d: flash_attention_io(n, d, sram_block(m, d)) for d in (32, 64, 128)}
-    kv = {d: t - 4 * n * d - 4 * n for d, t in traffic.items()}  # minus Q, O and L
-    assert kv[64] / kv[32] == pytest.approx(4, rel=0.02)
-    assert kv[128] / kv[64] == pytest.approx(4, rel=0.02)
-
-
-def test_tiled_needs_far_less_memory_than_the_reference():
-    """Tracked tensor bytes at N = 1024: the reference holds N x N score matrices."""
-    q, k, v = (t.detach() for t in qkv(1, 1, 1024, 1024, 64))
-    with torch.no_grad():
-        with TensorMemoryTracker() as ref:
-            attention_reference(q, k, v)
-        with TensorMemoryTracker() as tiled:
-            attention_tiled(q, k, v, block_m=128, block_n=128)
-    assert ref.peak >= 3 * 1024 * 1024 * 4  # S, exp(S - m) and P, fp32
-    assert ref.peak > 10 * tiled.peak
 
 
 def test_bench_attention_runs_on_cpu():
@@ -409,8 +357,50 @@ def test_bad_input_is_named(args, kwargs, error, words):
         flash_attention(*args, **kwargs)
 
 
-def test_bad_block_sizes_for_the_tiled_forward():
-    with pytest.raises(ValueError, match="block_m must be at least 1"):
-        attention_tiled(X, X, X, block_m=0)
-    with pytest.raises(TypeError, match="block_n must be an int"):
-        attention_tiled(X, X, X, block_n=2.0)
+@pytest.mark.parametrize(
+    "fn, args, kwargs, error, words",
+    [
+        (attention_reference, (X.long(), X.long(), X.long()), {}, TypeError, "q must have dtype"),
+        (attention_reference, ([[1.0]], X, X), {}, TypeError, "q must be a torch.Tensor"),
+        (attention_reference, (X, torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)), {},
+         ValueError, "same head dim"),
+        (attention_reference, (X, X, X), {"causal": "no"}, TypeError, "causal must be a bool"),
+        (attention_reference, (X, X, X), {"scale": math.nan}, ValueError, "scale must be finite"),
+        (attention_reference, (X, X, X), {"return_lse": 1}, TypeError, "return_lse must be"),
+        (attention_reference, (X, X, X), {"mask": torch.ones(5, 6, dtype=torch.bool)},
+         ValueError, "mask covers the last Nm keys"),
+        (attention_reference, (X, X, X[..., :3, :]), {}, ValueError, "v must have the shape"),
+        (allowed_keys, (0, 4), {}, ValueError, "n_q must be at least 1"),
+        (allowed_keys, (4, -1), {}, ValueError, "n_k must be at least 1"),
+        (allowed_keys, (4.0, 4), {}, TypeError, "n_q must be an int"),
+        (allowed_keys, ("4", 4), {}, TypeError, "n_q must be an int"),
+        (allowed_keys, (4, 4), {"causal": None}, TypeError, "causal must be a bool"),
+        (allowed_keys, (4, 4), {"mask": torch.ones(3, 2, dtype=torch.bool)}, ValueError,
+         "mask must have shape"),
+        (allowed_keys, (4, 4), {"mask": torch.ones(4, 5, dtype=torch.bool)}, ValueError,
+         "mask covers the last Nm keys"),
+        (allowed_keys, (4, 4), {"mask": torch.ones(4, 2)}, TypeError, "mask must have dtype"),
+        (launch_config, (0, 8, 8), {}, ValueError, "d must be at least 1"),
+        (launch_config, (MAX_HEAD_DIM + 1, 8, 8), {}, ValueError, "d must be at most 256"),
+        (launch_config, (64, 0, 8), {}, ValueError, "n_q must be at least 1"),
+        (launch_config, (64, 8, -8), {}, ValueError, "n_k must be at least 1"),
+        (launch_config, (64.0, 8, 8), {}, TypeError, "d must be an int"),
+        (launch_config, (64, 8, 8), {"kind": "bwd"}, ValueError, "kind must be one of"),
+        (launch_config, (64, 8, 8), {"masked": "yes"}, TypeError, "masked must be a bool"),
+        (launch_config, (64, 8, 8), {"dtype": "fp16"}, TypeError, "dtype must be a torch"),
+    ],
+)
+def test_bad_input_to_the_reference_and_helpers_is_named(fn, args, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_nan_in_a_value_no_query_sees_spreads_as_in_pytorch(backend):
+    """Documented: P = 0 for a masked-out key, but 0 * NaN = NaN, as in SDPA."""
+    q, k, v = (t.detach() for t in qkv(1, 1, 3, 6, 16))
+    v[0, 0, 5] = math.nan  # the last key: causal with Nq < Nk, only the last query sees it
+    mask = torch.tensor([[True] * 5 + [False]] * 3)
+    out = flash_attention(q, k, v, mask=mask, backend=backend)
+    oracle = sdpa(q, k, v, allowed=torch.cat([torch.ones(3, 0, dtype=torch.bool), mask], 1))
+    assert torch.equal(out.isnan(), oracle.isnan()) and out.isnan().all()

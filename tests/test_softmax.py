@@ -11,6 +11,7 @@ from lib.softmax import (
     MAX_BLOCK_N,
     METHODS,
     _softmax_fwd_triton,
+    launch_config,
     merge_states,
     online_softmax_states,
     softmax,
@@ -134,6 +135,50 @@ def test_empty_tensor():
     assert softmax(x, backend="triton").shape == (0, 4)
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("shape, dim", [((3, 0), -1), ((0, 3), 0), ((2, 0, 4), 1)])
+def test_empty_reduction_dim_gives_an_empty_result(shape, dim, backend):
+    """As torch.softmax: nothing to normalise, an empty result of the same shape."""
+    x = torch.empty(shape)
+    y = softmax(x, dim, backend=backend)
+    assert y.shape == torch.softmax(x, dim).shape and y.dtype == x.dtype
+    assert softmax_reference(x, dim).shape == x.shape
+
+
+SPECIAL_ROWS = [  # (row, what torch.softmax gives for it)
+    ([1.0, math.nan, 2.0], "nan"),
+    ([math.nan] * 3, "nan"),
+    ([1.0, math.inf, 2.0], "nan"),
+    ([math.inf, math.inf, -1.0], "nan"),
+    ([-math.inf, math.inf, 0.0], "nan"),
+    ([math.nan, -math.inf, math.inf], "nan"),
+    ([1.0, -math.inf, 2.0], "finite"),
+    ([-math.inf] * 3, "all -inf"),  # ours: zeros, our documented convention
+]
+
+
+@pytest.mark.filterwarnings("ignore:.*(invalid value|All-NaN):RuntimeWarning")  # numpy, in
+@pytest.mark.parametrize("dtype", DTYPES)  # Triton's interpreter, on inf - inf and max(NaN)
+@pytest.mark.parametrize("backend, block", [("torch", None), ("triton", None), ("triton", 2)])
+def test_nan_and_inf_rows_behave_as_torch(backend, block, dtype):
+    """NaN or +inf anywhere in a row: a row of NaN, as torch.softmax, in one block and in
+    the two-pass loop (block 2 < row length 3); -inf entries are weights of 0."""
+    x = torch.tensor([row for row, _ in SPECIAL_ROWS], dtype=dtype)
+    x = torch.cat([x, torch.randn(2, 3, dtype=dtype)])  # ordinary rows next to them
+    if block is None:
+        y = softmax(x, backend=backend)
+    else:
+        y = _softmax_fwd_triton(x, block_n=block)
+    oracle = torch.softmax(x.float(), -1)
+    for i, (_, kind) in enumerate(SPECIAL_ROWS + [(None, "finite")] * 2):
+        if kind == "nan":
+            assert y[i].isnan().all(), (i, y[i])
+        elif kind == "all -inf":
+            assert torch.equal(y[i].float(), torch.zeros(3)) and oracle[i].isnan().all()
+        else:
+            close(y[i], oracle[i], dtype)
+
+
 # ----------------------------------------------------------------------------- (m, d) algebra
 
 finite = st.floats(-50, 50, allow_nan=False)
@@ -209,10 +254,33 @@ def test_bad_input_is_named(args, kwargs, error, words):
         softmax(*args, **kwargs)
 
 
-def test_bad_input_to_the_algebra_and_counter():
-    with pytest.raises(ValueError, match="block must be at least 1"):
-        online_softmax_states(torch.randn(4), 0)
-    with pytest.raises(ValueError, match="method must be one of"):
-        softmax_counted(torch.randn(2, 3), "fast")
-    with pytest.raises(TypeError, match="m1 must have dtype"):
-        merge_states(torch.tensor(1), torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0))
+@pytest.mark.parametrize(
+    "fn, args, error, words",
+    [
+        (softmax_reference, (torch.arange(6).reshape(2, 3),), TypeError, "x must have dtype"),
+        (softmax_reference, ([[1.0, 2.0]],), TypeError, "x must be a torch.Tensor"),
+        (softmax_reference, (torch.randn(2, 3), 2), ValueError, "dim=2 is out of range"),
+        (softmax_reference, (torch.randn(2, 3), "-1"), TypeError, "dim must be an int"),
+        (softmax_reference, (torch.tensor(1.0),), ValueError, "x must have at least 1"),
+        (softmax_traffic_model, ("fast", 2, 3), ValueError, "method must be one of"),
+        (softmax_traffic_model, ("safe", 0, 3), ValueError, "rows must be at least 1"),
+        (softmax_traffic_model, ("safe", 2, -3), ValueError, "n must be at least 1"),
+        (softmax_traffic_model, ("safe", 2.0, 3), TypeError, "rows must be an int"),
+        (softmax_traffic_model, ("safe", 2, "3"), TypeError, "n must be an int"),
+        (launch_config, (0,), ValueError, "n_cols must be at least 1"),
+        (launch_config, (10.5,), TypeError, "n_cols must be an int"),
+        (launch_config, (10, 24), ValueError, "block_n must be a power of two"),
+        (launch_config, (10, 0), ValueError, "block_n must be at least 1"),
+        (launch_config, (10, 16.0), TypeError, "block_n must be an int"),
+        (softmax_counted, (torch.randn(2, 3), "fast"), ValueError, "method must be one of"),
+        (softmax_counted, (torch.randn(2, 3), "safe", 0), ValueError, "block must be at least"),
+        (softmax_counted, (torch.randn(3), "safe"), ValueError, "x must have 2 dimensions"),
+        (online_softmax_states, (torch.randn(4), 0), ValueError, "block must be at least 1"),
+        (online_softmax_states, (torch.randn(2, 0), 1), ValueError, "at least one entry"),
+        (merge_states, (torch.tensor(1), *[torch.tensor(1.0)] * 3), TypeError,
+         "m1 must have dtype"),
+    ],
+)
+def test_bad_input_to_the_helpers_is_named(fn, args, error, words):
+    with pytest.raises(error, match=words):
+        fn(*args)

@@ -68,7 +68,8 @@ def _attention_memory_one(method: str, n: int, d: int = 64, block: int = 128) ->
     """Print (json) the peak extra memory of one attention forward on CPU, in this process."""
     import json
 
-    from ..attention import attention_reference, attention_tiled
+    from ..attention import attention_reference
+    from ..attention_io import attention_tiled
     from ..memory import TensorMemoryTracker, peak_rss_extra, rss_measurable
 
     fn = {"reference": attention_reference,
