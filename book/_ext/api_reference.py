@@ -25,8 +25,8 @@ Three choices, made here once for every module:
   'torch')``), not when it is a long table whose repr would drown the page;
 * a reference resolves as the name does in Python: ``:func:`selective_scan``` in a
   module that imports ``selective_scan`` from ``lib.ssm`` links to
-  ``lib.ssm.selective_scan``, and so does ``lib.mamba.selective_scan``. A module split
-  in two keeps its docstrings' references working.
+  ``lib.ssm.selective_scan``, and so does ``lib.mamba.selective_scan`` (constants too).
+  A module split in two keeps its docstrings' references working.
 
 References to private names (``_key_range``) are not checked: private helpers are not
 on the page by design (``nitpick_ignore_regex`` in ``_config.yml``).
@@ -48,6 +48,7 @@ PACKAGE = "lib"
 MAX_VALUE = 60  # characters of a constant's repr shown on the page
 
 
+@functools.cache
 def public_modules(package: str = PACKAGE) -> list[str]:
     """``package`` and its modules and subpackages, less those with a ``_`` name part."""
     root = importlib.import_module(package)
@@ -55,7 +56,7 @@ def public_modules(package: str = PACKAGE) -> list[str]:
     for info in pkgutil.walk_packages(root.__path__, package + "."):
         if not any(part.startswith("_") for part in info.name.split(".")[1:]):
             found.append(info.name)
-    return sorted(found)
+    return sorted(found)  # cached: callers must not change the list
 
 
 def label(module: str) -> str:
@@ -78,7 +79,10 @@ def module_sections(modules: list[str]) -> str:
 @functools.cache
 def defined_constants(module: str) -> frozenset[str]:
     """UPPER_CASE names assigned at the top level of ``module``'s own source."""
-    tree = ast.parse(inspect.getsource(importlib.import_module(module)))
+    try:
+        tree = ast.parse(inspect.getsource(importlib.import_module(module)))
+    except (OSError, TypeError, SyntaxError):  # no source (a compiled or namespace module)
+        return frozenset()
     names = set()
     for node in tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else (
@@ -116,7 +120,11 @@ class ConstantDocumenter(DataDocumenter):
 
 
 def _imported_as(name: str) -> str | None:
-    """``lib.mamba.selective_scan`` -> ``lib.ssm.selective_scan`` when it was imported there."""
+    """``lib.mamba.selective_scan`` -> ``lib.ssm.selective_scan`` when it was imported there.
+
+    Functions and classes know their module; a constant is found in the lib module that
+    assigns it at its top level and holds the same object.
+    """
     module, _, attr = name.rpartition(".")
     if not module.startswith(PACKAGE):
         return None
@@ -125,9 +133,12 @@ def _imported_as(name: str) -> str | None:
     except (ImportError, AttributeError):
         return None
     home, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if not home or not qualname or f"{home}.{qualname}" == name:
-        return None
-    return f"{home}.{qualname}"
+    if home and qualname:
+        real = f"{home}.{qualname}"
+    else:
+        real = next((f"{m}.{attr}" for m in public_modules() if attr in defined_constants(m)
+                     and getattr(importlib.import_module(m), attr, None) is obj), None)
+    return None if real == name else real
 
 
 def resolve_reexports(app, env, node, contnode):
