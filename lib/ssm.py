@@ -135,15 +135,21 @@ def vandermonde_product(w: torch.Tensor, A_bar: torch.Tensor, L: int) -> torch.T
     """
     l = torch.arange(L, device=A_bar.device, dtype=A_bar.real.dtype)
     if not A_bar.is_complex():
-        K = w[..., None, :] @ (A_bar[..., None] ** l)
+        V = A_bar[..., None] ** l
+        dtype = torch.promote_types(w.dtype, V.dtype)
+        K = w.to(dtype)[..., None, :] @ V.to(dtype)
         return (K.real if K.is_complex() else K)[..., 0, :]
     log_a = torch.log(A_bar)[..., None]
     # |Ā|^l, clamped so that l = 0 gives 1 even where Ā = 0 (log = -inf)
     magnitude = torch.exp(log_a.real.clamp(min=-1e30) * l)
     angle = log_a.imag * l
+    if torch.is_grad_enabled() and (A_bar.requires_grad or w.requires_grad):
+        real_part, imag_part = torch.cos(angle) * magnitude, torch.sin(angle) * magnitude
+    else:  # in place: two fewer (..., N, L) buffers to allocate
+        real_part = torch.cos(angle).mul_(magnitude)
+        imag_part = angle.sin_().mul_(magnitude)
     w = w.to(A_bar.dtype)[..., None, :]
-    K = w.real @ (magnitude * torch.cos(angle)) - w.imag @ (magnitude * torch.sin(angle))
-    return K[..., 0, :]
+    return (w.real @ real_part - w.imag @ imag_part)[..., 0, :]
 
 
 def ssm_kernel(A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, L: int,
