@@ -10,7 +10,7 @@ Conventions are OpenCV's, so that results can be handed to OpenCV and checked ag
 * the RMS error is ``sqrt(sum of squared point errors / number of points)`` and the error of
   a view ``sqrt(its sum / its number of points)``, as ``cv2.calibrateCamera`` returns them.
 
-Reading order: the camera model (:func:`rodrigues`, :func:`distort`, :func:`project_points`,
+Reading order: the camera model (:func:`rodrigues`, :func:`.distort`, :func:`project_points`,
 :func:`undistort_points`), the homography of a plane (:func:`homographies`), Zhang's method
 (:func:`zhang_init`), and the refinement (:func:`calibrate_cameras`, :func:`calibrate`,
 :func:`solve_pnp`). Stereo pairs, rigs and YAML files are in :mod:`lib.calibration_rig`;
