@@ -126,7 +126,8 @@ def angular_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (ax, ay, az), (bx, by, bz) = a.unbind(-1), b.unbind(-1)
     # the cross product term by term (no fused multiply-add): exactly 0 for a = b,
     # exactly antisymmetric, so the error is exactly 0 and exactly symmetric
-    cross = torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], -1)
+    cross = torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx],
+                        -1)
     sin_part = torch.linalg.vector_norm(cross, dim=-1)
     cos_part = (a * b).sum(-1)
     return torch.rad2deg(torch.atan2(sin_part, cos_part))
