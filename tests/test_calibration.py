@@ -31,20 +31,18 @@ from lib.calibration import (
     zhang_init,
 )
 from lib.calibration_camera import distort, undistort_normalized
-from lib.calibration_epipolar import (
-    epipolar_lines,
-    rectify_map,
-    rectify_points,
-    stereo_rectify,
-)
 from lib.calibration_lm import levenberg_marquardt
 from lib.calibration_rig import (
     calibrate_rig,
+    epipolar_lines,
     load_yaml,
     look_at,
+    rectify_map,
+    rectify_points,
     rotation_angle_deg,
     save_yaml,
     stereo_calibrate,
+    stereo_rectify,
 )
 from lib.chessboard import board_points, board_views, random_board_poses
 
@@ -527,14 +525,3 @@ def test_undistort_normalized_broadcasts_over_cameras():
     both = undistort_normalized(xy, dists)
     for c in range(2):
         torch.testing.assert_close(both[c], undistort_normalized(xy[c], dists[c]))
-
-
-def test_bench_compare_runs_and_agrees_with_opencv():
-    """lib.bench.calibration's parts on a tiny case (timings are printed, never asserted)."""
-    from lib.bench import commands
-    from lib.bench.calibration import compare
-
-    assert "calibration" in commands()
-    (row,) = compare(counts=(2,), views=4, repeats=1, one_at_a_time_up_to=2)
-    assert row["cameras"] == 2 and len(row["batched"]) == len(row["cv2"]) == 1
-    assert len(row["looped"]) == 1 and row["rms_diff"] < 1e-3 and row["k_diff"] < 1e-3
