@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 # disk; on a CUDA machine the same line installs the CUDA build from PyPI.
 TORCH  ?= torch==2.13.0
 JOBS   ?= 2
+# make book CHAPTERS="07 08" (or make refresh CHAPTERS=...) executes only those chapters
+CHAPTERS ?=
 # JOBS notebooks or test workers run at once; one CPU thread each keeps them from
 # oversubscribing the cores (small tensors gain nothing from more threads)
 export OMP_NUM_THREADS ?= 1
@@ -29,15 +31,14 @@ $(VENV)/.installed-%: pyproject.toml $(VENV)/.torch
 install: $(VENV)/.installed-dev
 install-book: $(VENV)/.installed-book
 
-# Execute a copy of every chapter (quick scale on CPU, full on CUDA), then render the
-# HTML from the executed copies. The committed notebooks are not modified.
+# Execute a copy of every chapter of the toc in _build/src (quick scale on CPU, full on
+# CUDA; CHAPTERS: only those, the others keep their committed outputs), JOBS at a time,
+# then render _build/html from the copies and the build report (book/build.py: progress,
+# one line per chapter, logs in _build/logs/). A chapter that fails keeps its committed
+# outputs under a note on its page, and make book exits non-zero. The committed notebooks
+# are not modified.
 book: install-book
-	rm -rf _build/src && mkdir -p _build/src
-	cp -r _config.yml _toc.yml book chapters _build/src/
-	ls _build/src/chapters/*.ipynb | xargs -P $(JOBS) -n 1 \
-		$(PY) -m jupyter execute --inplace --timeout=3600
-	$(VENV)/bin/jupyter-book build _build/src --path-output . -W -n --keep-going
-	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
+	@$(PY) book/build.py book --jobs $(JOBS) --chapters "$(CHAPTERS)"
 
 # Library tests, nbval over every chapter, the clean book build and the browser test.
 test: install
@@ -49,15 +50,17 @@ test-lib: install
 	$(PY) -m pytest -n $(JOBS) --dist loadfile tests --ignore=tests/test_book.py \
 		-p no:cacheprovider
 
-# Re-execute the committed notebooks in place, in quick mode, to refresh stored outputs.
+# Re-execute the committed notebooks in place, in quick mode, to refresh stored outputs
+# (CHAPTERS: only those; a notebook that fails is left as it was), and write their build
+# report, book/build-report.csv.
 refresh: install
-	BOOK_SCALE=quick $(PY) -m jupyter execute --inplace --timeout=600 chapters/*.ipynb
+	@$(PY) book/build.py refresh --jobs $(JOBS) --chapters "$(CHAPTERS)"
 
 bench-compile: install
 	$(PY) -m lib.bench compile
 
 lint: install
-	$(VENV)/bin/ruff check lib tests chapters book/_ext
+	$(VENV)/bin/ruff check lib tests chapters book
 
 clean:
 	rm -rf _build
