@@ -49,7 +49,7 @@ COCO_SKELETON = (
 # cocoeval.Params.setKpParams: kpt_oks_sigmas = [.26, .25, ...] / 10.
 COCO_SIGMAS = torch.tensor(
     [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07,
-     0.87, 0.87, 0.89, 0.89]) / 10.0
+     0.87, 0.87, 0.89, 0.89], dtype=torch.float64) / 10.0
 # cocoeval: iouThrs = linspace(.5, .95, 10); recThrs = linspace(0, 1, 101); maxDets = [20]
 COCO_OKS_THRESHOLDS = torch.linspace(0.5, 0.95, 10, dtype=torch.float64)
 COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -409,6 +409,8 @@ def greedy_match(similarity: torch.Tensor, thresholds: torch.Tensor) -> torch.Te
     sim = similarity.double()
     gt_taken = torch.zeros(T, G, dtype=torch.bool)
     match = torch.full((T, D), -1, dtype=torch.long)
+    if G == 0:  # nothing to match: every detection is a false positive
+        return match
     rows = torch.arange(T)
     for d in range(D):
         ok = ~gt_taken & (sim[d][None] >= t_eff[:, None])  # (T, G)
@@ -529,6 +531,16 @@ def oks_ap(
     if n_gt == 0:
         raise ValueError("no ground-truth person has a labelled keypoint: AP is undefined")
     scores, pred_valid = scores.double().cpu(), pred_valid.cpu()
+    if D == 1 and G == 1 and max_dets >= 1:  # one detection, one person: no choice to make
+        sim = similarity[:, 0, 0]  # (N,)
+        has = pred_valid[:, 0]
+        hit = has & gt_keep[:, 0]
+        matched = hit[None] & (sim[None] >= thresholds.clamp(max=1 - 1e-10)[:, None])
+        s, m = scores[has, 0].numpy(), matched[:, has].numpy()
+        per_t = torch.tensor([average_precision(s, m[t], n_gt) for t in range(len(thresholds))],
+                             dtype=torch.float64)
+        return OksAP(float(per_t.mean()), per_t, thresholds,
+                     torch.tensor(m.sum(1) / n_gt, dtype=torch.float64))
     for i in range(N):
         dets = torch.nonzero(pred_valid[i]).flatten()
         dets = dets[torch.sort(scores[i, dets], descending=True, stable=True).indices]
@@ -539,7 +551,7 @@ def oks_ap(
     s = np.concatenate(all_scores)
     m = np.concatenate(all_matched, axis=1) if all_matched else np.zeros((len(thresholds), 0))
     per_t = torch.tensor([average_precision(s, m[t].astype(bool), n_gt)
-                          for t in range(len(thresholds))])
+                          for t in range(len(thresholds))], dtype=torch.float64)
     recall = torch.tensor(m.sum(1) / n_gt, dtype=torch.float64)
     return OksAP(float(per_t.mean()), per_t, thresholds, recall)
 

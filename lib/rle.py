@@ -78,7 +78,7 @@ class RealNVP(nn.Module):
             raise ValueError(f"{name} must have shape (..., {self.dim}), got {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data to latent: z = f(x) and log |det df/dx|. x (..., d) -> (..., d), (...)."""
+        """Data to latent: z = f(x), log |det df/dx|. (..., d) -> (..., d), (...)."""
         self._check(x, "x")
         z, log_det = x, x.new_zeros(x.shape[:-1])
         for i in reversed(range(len(self.s))):  # undo the layers, last first

@@ -153,6 +153,7 @@ def test_greedy_match_is_greedy_by_score_and_takes_the_last_of_ties():
     # a similarity of exactly the threshold matches; 1.0 matches at threshold 1.0
     assert greedy_match(torch.tensor([[0.5]]), torch.tensor([0.5])).tolist() == [[0]]
     assert greedy_match(torch.tensor([[1.0]]), torch.tensor([1.0])).tolist() == [[0]]
+    assert greedy_match(torch.zeros(2, 0), torch.tensor([0.5])).tolist() == [[-1, -1]]
 
 
 def test_average_precision_by_hand():
@@ -198,6 +199,25 @@ def test_oks_ap_single_person_by_hand():
     pred, scores, gt, vis, area = single_person_case(score_of_worse=0.9)
     worse = oks_ap(pred, scores, gt, vis, area)
     assert worse.per_threshold.tolist() == pytest.approx([1.0] * 5 + [25.5 / 101] * 5)
+
+
+def test_single_person_fast_path_agrees_with_the_general_matching():
+    """oks_ap skips the matching loop for one detection per image and one person; padding
+    each image with an invalid second detection sends the same data down the general path."""
+    gen = torch.Generator().manual_seed(4)
+    gt = torch.rand(60, 17, 2, generator=gen) * 50
+    vis = torch.randint(0, 3, (60, 17), generator=gen)
+    vis[7] = 0  # a person with nothing labelled
+    area = torch.rand(60, generator=gen) * 500 + 100
+    pred = gt + torch.randn(60, 17, 2, generator=gen) * torch.rand(60, 1, 1, generator=gen) * 4
+    scores = torch.rand(60, generator=gen)
+    fast = oks_ap(pred, scores, gt, vis, area)
+    pad = torch.stack([pred, pred + 100], 1)
+    valid = torch.tensor([[True, False]] * 60)
+    slow = oks_ap(pad, torch.stack([scores, scores], 1), gt[:, None], vis[:, None],
+                  area[:, None], pred_valid=valid)
+    assert torch.equal(fast.per_threshold, slow.per_threshold)
+    assert torch.equal(fast.recall, slow.recall) and 0 < fast.ap < 1
 
 
 def test_oks_ap_multi_person_duplicates_padding_and_max_dets():
