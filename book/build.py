@@ -216,18 +216,19 @@ class Run:
                 f"{r.get('scale', '?'):<5}  {r.get('device', '?')}")
 
 
-def _estimate(pending, running, done, jobs: int) -> float:
+def _estimate(pending, running, done, jobs: int) -> tuple[float, bool]:
     """Seconds until every chapter is done: the committed timings, scaled by how much
-    faster or slower the finished chapters ran here, scheduled greedily on ``jobs``."""
+    faster or slower the finished chapters ran here, scheduled greedily on ``jobs``; and
+    whether a running chapter has outrun its estimate (then the seconds are a floor)."""
     prior = sum(r.expected for r in done)
     factor = sum(r.result.get("wall_seconds", 0) for r in done) / prior if prior else 1.0
     now = time.monotonic()
-    slots = [max(r.expected * factor - (now - started), 1.0) for r, started in running]
-    slots += [0.0] * max(jobs - len(slots), 0)
+    left = [r.expected * factor - (now - started) for r, started in running]
+    slots = [max(t, 1.0) for t in left] + [0.0] * max(jobs - len(left), 0)
     heapq.heapify(slots)
     for r in pending:
         heapq.heappush(slots, heapq.heappop(slots) + r.expected * factor)
-    return max(slots) if slots else 0.0
+    return (max(slots) if slots else 0.0), any(t < 1.0 for t in left)
 
 
 def run_all(root: Path, runs: list[Run], dest: dict, jobs: int, timeout: int,
@@ -266,9 +267,9 @@ def run_all(root: Path, runs: list[Run], dest: dict, jobs: int, timeout: int,
                 done.append(future.result())
                 bar.write(run.line(), file=sys.stdout)
                 bar.update(1)
-            left = _estimate(pending, running.values(), done, jobs)
-            bar.set_postfix_str(f"about {_duration(left)} left" if running else "",
-                                refresh=True)
+            left, over = _estimate(pending, running.values(), done, jobs)
+            text = f"{'at least' if over else 'about'} {_duration(left)} left"
+            bar.set_postfix_str(text if running else "", refresh=True)
     bar.close()
 
 
@@ -296,9 +297,10 @@ def render(root: Path, src: Path, logs: Path) -> bool:
     if code == 0 and not problems:
         print(f"  rendered in {took}, no warnings")
         return True
-    print(f"  FAILED after {took}: {len(problems)} warnings or errors, the first ones:")
+    print(f"  FAILED after {took} (exit code {code}); warnings and errors: {len(problems)}"
+          + (", the first ones:" if problems else ""))
     for line in problems[:5]:
-        print("   ", line.replace(str(src) + os.sep, "")[:200])
+        print("   ", line.replace(str(src) + os.sep, "").replace(str(root) + os.sep, "")[:200])
     return False
 
 

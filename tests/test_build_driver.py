@@ -220,8 +220,11 @@ def test_estimate_schedules_what_is_left_on_the_jobs():
     runs = [build.Run(Path(f"{i}.ipynb"), Path("log"), expected=e)
             for i, e in enumerate((40.0, 30.0, 20.0, 10.0))]  # longest first, as run_all
     # nothing done, two jobs: 40 then 10 on one, 30 then 20 on the other -> 50 s
-    assert build._estimate(runs, [], [], jobs=2) == pytest.approx(50.0)
+    assert build._estimate(runs, [], [], jobs=2) == (pytest.approx(50.0), False)
     # a 10 s chapter done in 20 s: the rest is taken to run twice as long (80 | 60 + 40)
     done = build.Run(Path("x.ipynb"), Path("log"), expected=10.0, result={"wall_seconds": 20})
-    assert build._estimate(runs[:3], [], [done], jobs=2) == pytest.approx(100.0)
-    assert build._estimate([], [], [done], jobs=2) == 0.0
+    assert build._estimate(runs[:3], [], [done], jobs=2) == (pytest.approx(100.0), False)
+    assert build._estimate([], [], [done], jobs=2) == (0.0, False)
+    # a chapter running 100 s past its 40 s estimate: 1 s is only a floor
+    late = [(runs[0], build.time.monotonic() - 100.0)]
+    assert build._estimate([], late, [], jobs=2) == (pytest.approx(1.0), True)
