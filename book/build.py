@@ -348,9 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     if book:
         shutil.rmtree(src, ignore_errors=True)
         src.mkdir(parents=True)
-        for name in COPIED:
-            (shutil.copytree if (root / name).is_dir() else shutil.copy2)(root / name,
-                                                                           src / name)
+        for name in COPIED:  # with new mtimes, or Sphinx keeps the pages of the last build
+            if (root / name).is_dir():
+                shutil.copytree(root / name, src / name, copy_function=shutil.copy)
+            else:
+                shutil.copy(root / name, src / name)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # JOBS kernels share the cores
     if not book:

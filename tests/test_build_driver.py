@@ -228,3 +228,17 @@ def test_estimate_schedules_what_is_left_on_the_jobs():
     # a chapter running 100 s past its 40 s estimate: 1 s is only a floor
     late = [(runs[0], build.time.monotonic() - 100.0)]
     assert build._estimate([], late, [], jobs=2) == (pytest.approx(1.0), True)
+
+
+def test_book_with_chapters_executes_only_those(tiny, book_run):
+    out = driver(tiny, "book", "--chapters", "01")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Executing 1 of 2 chapters" in out.stdout and "02_bad" not in out.stdout
+    src = tiny / "_build" / "src"
+    # the other chapter is rendered from its committed outputs, without a note
+    assert (src / "chapters" / "02_bad.ipynb").read_bytes() == \
+        (tiny / "chapters" / "02_bad.ipynb").read_bytes()
+    report = read_report(src / build_report.REPORT)
+    assert report["1. Good"]["Outputs"] == "this build"
+    assert report["2. Bad"]["Outputs"] == "committed"
+    assert "Not re-executed" not in (tiny / "_build/html/chapters/02_bad.html").read_text()
