@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         text = report_csv(report_rows(toc, {}))
         if opts.check:
             same = (root / REPORT).is_file() and (root / REPORT).read_text() == text
-            print(f"{REPORT} is {'up to date' if same else 'out of date: run make refresh'}")
+            print(f"{REPORT} is " + ("up to date" if same else "out of date: write it with "
+                                     "`python book/build.py report` (or make refresh)"))
             return 0 if same else 1
         (root / REPORT).write_text(text)
         print(f"Wrote {REPORT} ({len(toc)} chapters)")
