@@ -214,7 +214,7 @@ def train_mixed(
     """Train ``model`` with Adam under ``recipe``; return the per-step :class:`MixedRun`.
 
     batch_fn(generator) -> tuple of tensors, drawn with a CPU generator seeded with
-    ``seed`` (the batch order); loss_fn(model, *batch) -> scalar. Every
+    ``seed`` (the batch order); ``loss_fn(model, *batch)`` -> scalar. Every
     :class:`MixedLinear` of ``model`` is set to ``recipe.dtype``. The loss is divided by
     ``accumulation`` (one micro-batch of that many) and Adam's eps too, which leaves FP32
     training unchanged: Adam is invariant to a constant factor in the loss when its eps

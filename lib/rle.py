@@ -50,7 +50,7 @@ class RealNVP(nn.Module):
 
     Layer i keeps the coordinates where ``mask[i]`` is 1 and transforms the others:
     y = m * x + (1 - m) * (x * exp(s(m * x)) + t(m * x))   (sampling direction, latent
-    to data; eq. rle-coupling), whose log |det| is sum (1 - m) * s (eq. rle-logdet).
+    to data; eq. rle-coupling), whose ``log |det|`` is ``sum (1 - m) * s`` (eq. rle-logdet).
     s ends in tanh (bounded scales), t is linear; masks alternate between the two halves
     of the coordinates (for d = 2: keep x, then keep y, ...). The base density is a
     standard normal. Weights start small (Xavier with gain 0.01, as in the official RLE
@@ -78,7 +78,7 @@ class RealNVP(nn.Module):
             raise ValueError(f"{name} must have shape (..., {self.dim}), got {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data to latent: z = f(x), log |det df/dx|. (..., d) -> (..., d), (...)."""
+        """Data to latent: ``z = f(x)``, ``log |det df/dx|``. (..., d) -> (..., d), (...)."""
         self._check(x, "x")
         z, log_det = x, x.new_zeros(x.shape[:-1])
         for i in reversed(range(len(self.s))):  # undo the layers, last first
@@ -101,7 +101,7 @@ class RealNVP(nn.Module):
         return x
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log G(x) = log N(f(x); 0, I) + log |det df/dx| (eq. rle-cov). (..., d) -> (...)."""
+        """``log G(x) = log N(f(x); 0, I) + log |det df/dx|`` (eq. rle-cov). (..., d) -> (...)."""
         z, log_det = self(x)
         return -0.5 * (z**2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi) + log_det
 
@@ -135,7 +135,7 @@ def rle_loss(
     mu, sigma, target (B, K, 2), sigma > 0; flow: any object with ``log_prob(z)``
     mapping (..., 2) to (...). With x_bar = (target - mu) / sigma, the loss of joint
     (b, k) is sum_c log sigma_c - log G(x_bar) - sum_c log Q(x_bar_c), with Q the
-    standard Laplace (log Q(z) = -log 2 - |z|) or Gaussian; ``residual=False`` drops the
+    standard Laplace (``log Q(z) = -log 2 - |z|``) or Gaussian; ``residual=False`` drops the
     Q term (the flow alone models the density: RLE's "direct likelihood" variant).
     weight (B, K), e.g. 1 for labelled joints and 0 for the others, multiplies each
     joint's loss; the sum is divided by B * K. A scalar tensor.
@@ -177,7 +177,7 @@ def rle_loss(
 
 def render_heatmaps(joints: torch.Tensor, size: int | tuple[int, int], sigma: float = 1.0,
                     visible: torch.Tensor | None = None) -> torch.Tensor:
-    """Gaussian target heatmaps exp(-|p - x_k|^2 / (2 sigma^2)).
+    """Gaussian target heatmaps ``exp(-|p - x_k|^2 / (2 sigma^2))``.
 
     joints (B, K, 2) in heatmap pixels (pixel centres at integers); size h or (h, w);
     visible (B, K) bool or 0/1: maps of other joints are all zero. -> (B, K, h, w).
@@ -365,10 +365,10 @@ def pose_loss(model: PoseNet, images: torch.Tensor, joints: torch.Tensor,
               visibility: torch.Tensor, heatmap_sigma: float = 1.0) -> torch.Tensor:
     """The training loss of ``model``'s head on a batch; labelled joints only.
 
-    joints (B, K, 2) image pixels, visibility (B, K). "l1": mean |mu - u| (unit
+    joints (B, K, 2) image pixels, visibility (B, K). "l1": ``mean |mu - u|`` (unit
     coordinates); "rle": :func:`rle_loss` with the model's flow and a Laplace Q;
     "heatmap": mean squared error to Gaussian targets of ``heatmap_sigma`` cells (eq.
-    rle-heatmap-loss); "integral": mean |soft_argmax - target| in unit coordinates.
+    rle-heatmap-loss); "integral": ``mean |soft_argmax - target|`` in unit coordinates.
     """
     out = model(images)
     weight = (visibility > 0).to(images.dtype)  # (B, K)
