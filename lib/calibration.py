@@ -1,20 +1,22 @@
-"""Camera calibration (chapter 10): the pinhole camera with distortion, Zhang's closed-form
-initialisation, and Levenberg–Marquardt refinement batched over views and cameras.
+"""Camera calibration (chapter 10): Zhang's closed-form initialisation and Levenberg–Marquardt
+refinement, batched over views and over cameras.
 
-Conventions are OpenCV's, so that results can be handed to OpenCV and checked against it:
+Conventions are OpenCV's, so that results can be handed to OpenCV and checked against it
+(the camera model is in :mod:`lib.calibration_camera`):
 
 * a pose (``rvec``, ``tvec``) maps object (board) coordinates to camera coordinates,
   ``X_cam = R(rvec) X + tvec``, with ``rvec`` a Rodrigues rotation vector (eq. cal-rodrigues);
 * ``K = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` (no skew), pixel centres at integers;
 * ``dist = (k1, k2, p1, p2, k3)``: radial k1, k2, k3 and tangential p1, p2 (eq. cal-dist);
 * the RMS error is ``sqrt(sum of squared point errors / number of points)`` and the error of
-  a view ``sqrt(its sum / its number of points)``, as ``cv2.calibrateCamera`` returns them.
+  a view ``sqrt(its sum / its number of points)``, as ``cv2.calibrateCamera`` returns them
+  (eq. cal-rms).
 
-Reading order: the camera model (:func:`rodrigues`, :func:`.distort`, :func:`project_points`,
-:func:`undistort_points`), the homography of a plane (:func:`homographies`), Zhang's method
-(:func:`zhang_init`), and the refinement (:func:`calibrate_cameras`, :func:`calibrate`,
-:func:`solve_pnp`). Stereo pairs, rigs and YAML files are in :mod:`lib.calibration_rig`;
-the solver in :mod:`lib.calibration_lm`. Everything runs in float64 on any device.
+Reading order: the homography of a plane (:func:`homographies`), Zhang's method
+(:func:`zhang_init`: constraints on B, closed-form K, poses, distortion by least squares),
+and the refinement (:func:`calibrate_cameras`, :func:`calibrate`, :func:`solve_pnp`), which
+calls the solver of :mod:`lib.calibration_lm`. Stereo pairs, rigs, rectification and YAML
+files are in :mod:`lib.calibration_rig`. Everything runs in float64 on any device.
 """
 
 from __future__ import annotations
@@ -204,10 +206,9 @@ def _check_degenerate(ratio, valid, names):
     for c in range(len(ratio)):
         if not bool(valid[c]) or float(ratio[c]) < DEGENERATE_RATIO:
             raise ValueError(
-                f"{names[c]}degenerate views: the board poses do not determine the intrinsics "
-                f"(constraint matrix conditioning {float(ratio[c]):.1e} < {DEGENERATE_RATIO:g}). "
-                "Tilt the board: fronto-parallel views, or views that differ only by a "
-                "translation or a rotation about the optical axis, give the same constraint.")
+                f"{names[c]}degenerate views: the board poses do not determine the\n"
+                f"intrinsics (conditioning {float(ratio[c]):.1e} < {DEGENERATE_RATIO:g}).\n"
+                "Tilt the board: views that all face the camera give one constraint.")
 
 
 # ------------------------------------------------------------------------ refinement
@@ -308,7 +309,8 @@ def calibrate_cameras(object_points, image_points, image_sizes, *, max_iteration
     obj, img, mask, sizes, counts = _prepare(object_points, image_points, image_sizes, device,
                                              MIN_VIEWS)
     intr, pose, ratio, valid = _zhang_batched(obj, img, mask, sizes)
-    _check_degenerate(ratio, valid, [f"camera {c}: " for c in range(len(sizes))])
+    names = [f"camera {c}: " if len(sizes) > 1 else "" for c in range(len(sizes))]
+    _check_degenerate(ratio, valid, names)
     weights = torch.cat([mask, mask], -1).to(obj.dtype)
     fit = levenberg_marquardt(_residual_fn(obj, img), intr, pose, weights,
                               max_iterations=max_iterations)

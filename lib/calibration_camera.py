@@ -182,8 +182,8 @@ def check_pairs(object_points, image_points, name_obj="object_points",
                          f"{len(obj)}")
     for i, (o, p) in enumerate(zip(obj, img, strict=True)):
         if len(o) != len(p):
-            raise ValueError(f"{name_obj}[{i}] and {name_img}[{i}] must have the same number "
-                             f"of points, got {len(o)} and {len(p)}")
+            raise ValueError(f"{name_obj}[{i}] ({len(o)} points) and {name_img}[{i}] "
+                             f"({len(p)}) must match")
         if bool((o[:, 2] != 0).any()):
             raise ValueError(f"{name_obj}[{i}] must lie on the plane z = 0 (a planar target)")
     return obj, img

@@ -309,8 +309,8 @@ def detect_corners(images, pattern=(9, 6), *, on_missing: str = "raise", flags: 
         found, corners = cv2.findChessboardCorners(gray, (cols, rows), flags=flags)
         if not found:
             if on_missing == "raise":
-                raise ValueError(f"images[{k}]: chessboard pattern {cols}x{rows} not found (is "
-                                 "the whole board, with its white margin, in view?)")
+                raise ValueError(f"images[{k}]: no {cols}x{rows} chessboard found (is all of "
+                                 "it in view?)")
             found_all.append(None)
             continue
         corners = cv2.cornerSubPix(gray, corners, SUBPIX_WINDOW, (-1, -1), SUBPIX_CRITERIA)

@@ -31,18 +31,20 @@ from lib.calibration import (
     zhang_init,
 )
 from lib.calibration_camera import distort, undistort_normalized
+from lib.calibration_epipolar import (
+    epipolar_lines,
+    rectify_map,
+    rectify_points,
+    stereo_rectify,
+)
 from lib.calibration_lm import levenberg_marquardt
 from lib.calibration_rig import (
     calibrate_rig,
-    epipolar_lines,
     load_yaml,
     look_at,
-    rectify_map,
-    rectify_points,
     rotation_angle_deg,
     save_yaml,
     stereo_calibrate,
-    stereo_rectify,
 )
 from lib.chessboard import board_points, board_views, random_board_poses
 
@@ -434,8 +436,8 @@ def test_fronto_parallel_views_are_degenerate():
 def test_mismatched_point_counts():
     obj, img = views(4, 0.1, 0)
     img[2] = img[2][:50]
-    with pytest.raises(ValueError, match=r"object_points\[2\] and image_points\[2\] must have "
-                                         "the same number"):
+    with pytest.raises(ValueError, match=r"object_points\[2\] \(54 points\) and "
+                                         r"image_points\[2\] \(50\) must match"):
         calibrate(obj, img, SIZE)
     with pytest.raises(ValueError, match="one entry per view"):
         calibrate(obj, img[:3], SIZE)
@@ -525,3 +527,14 @@ def test_undistort_normalized_broadcasts_over_cameras():
     both = undistort_normalized(xy, dists)
     for c in range(2):
         torch.testing.assert_close(both[c], undistort_normalized(xy[c], dists[c]))
+
+
+def test_bench_compare_runs_and_agrees_with_opencv():
+    """lib.bench.calibration's parts on a tiny case (timings are printed, never asserted)."""
+    from lib.bench import commands
+    from lib.bench.calibration import compare
+
+    assert "calibration" in commands()
+    (row,) = compare(counts=(2,), views=4, repeats=1, one_at_a_time_up_to=2)
+    assert row["cameras"] == 2 and len(row["batched"]) == len(row["cv2"]) == 1
+    assert len(row["looped"]) == 1 and row["rms_diff"] < 1e-3 and row["k_diff"] < 1e-3

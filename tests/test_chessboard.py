@@ -99,7 +99,7 @@ def test_missing_pattern():
     blank = np.full((480, 640), 128, np.uint8)
     board = render_chessboard(K, DIST, torch.tensor([0.1, 0.1, 0.0]),
                               torch.tensor([-100.0, -60.0, 500.0]))
-    with pytest.raises(ValueError, match=r"images\[1\]: chessboard pattern 9x6 not found"):
+    with pytest.raises(ValueError, match=r"images\[1\]: no 9x6 chessboard found"):
         detect_corners([board, blank])
     found = detect_corners(np.stack([board, blank]), on_missing="none")
     assert found[0].shape == (54, 2) and found[1] is None
