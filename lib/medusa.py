@@ -356,7 +356,8 @@ def medusa_generate(
     posterior_alpha = check_real(posterior_alpha, "posterior_alpha", minimum=0.0, maximum=1.0)
     check_bool(trace, "trace")
     full_tree = _resolve_tree(choices, heads, base)
-    pruned: dict[int, TreeBuffers] = {}
+    pruned: dict[int, TreeBuffers] = {}  # the tree cut at each depth, and its paths
+    paths_of: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     seq = prompt[0].tolist()
     out = MedusaOutput(prompt, [], 0, 0, [] if trace else None)
     if max_new_tokens == 0:
@@ -374,7 +375,11 @@ def medusa_generate(
                 break
             # deeper candidates could not be kept, or would run past the last position
             depth = min(full_tree.depth, remaining - 1, base.max_len - 1 - len(seq))
-            tree = pruned.setdefault(depth, prune_tree(full_tree, depth))
+            if depth not in pruned:
+                pruned[depth] = tree = prune_tree(full_tree, depth)
+                idx = tree.retrieve_indices
+                paths_of[depth] = idx, idx.clamp_min(0), idx >= 0
+            tree = pruned[depth]
             # generate_candidates: root + the heads' top-k, placed on the tree
             top = heads(hidden).topk(tree.topk, dim=-1).indices  # (K, topk)
             flat = torch.cat([logits.new_tensor([root], dtype=torch.long), top.flatten()])
@@ -384,23 +389,23 @@ def medusa_generate(
                         position_ids=tree.position_ids + len(seq), return_hidden=True,
                         check_ids=False)
             out.forward_passes += 1
-            # evaluate_posterior: candidates and logits along every root-to-leaf path
-            idx = tree.retrieve_indices  # (L, D + 1), -1 = padding
-            valid = idx >= 0
-            paths, path_logits = tree_tokens[idx.clamp_min(0)], step.logits[0][idx.clamp_min(0)]
+            # evaluate_posterior: candidates along every root-to-leaf path
+            idx, safe, valid = paths_of[depth]  # (L, D + 1); padding -1, clamped, mask
+            paths = tree_tokens[safe]
             if temperature == 0:
-                lengths = greedy_accept(path_logits, paths, valid)
+                lengths = greedy_accept(step.logits[0].argmax(-1)[safe], paths, valid)
                 best = int(lengths.argmax())
             else:
-                lengths, loglik = typical_accept(path_logits, paths, valid, temperature,
-                                                 posterior_threshold, posterior_alpha)
+                lengths, loglik = typical_accept(step.logits[0][safe], paths, valid,
+                                                 temperature, posterior_threshold,
+                                                 posterior_alpha)
                 longest = lengths == lengths.max()
                 best = int(torch.where(longest, loglik, -math.inf).argmax())
             accepted = int(lengths[best])
             # update_inference_inputs: keep the prefix and the accepted path in the cache
             nodes = idx[best, : accepted + 1]
-            past = select_cache(step.past, torch.cat([torch.arange(len(seq), device=nodes.device),
-                                                 nodes + len(seq)]))
+            keep = torch.cat([torch.arange(len(seq), device=nodes.device), nodes + len(seq)])
+            past = select_cache(step.past, keep)
             accepted_tokens = paths[best, : accepted + 1].tolist()
             if trace:
                 out.steps.append(MedusaStep(len(seq), tree, tree_tokens.tolist(),

@@ -30,42 +30,47 @@ from .validate import check_long_tensor, check_tensor
 
 def typical_threshold(probs: torch.Tensor, posterior_threshold: float = 0.09,
                       posterior_alpha: float = 0.3) -> torch.Tensor:
-    """min(epsilon, delta exp(-H(p))) (eq. 14) for each distribution probs (..., V) -> (...).
+    """min(epsilon, delta exp(-H(p))) (eq. 14) for each distribution: (..., V) -> (...).
 
-    H is the entropy in nats, with 0 log 0 = 0 (Medusa's code adds 1e-5 inside the log).
-    Since H >= -log max p, the threshold is below delta max p: the most likely token always
-    passes when delta < 1.
+    H is the entropy in nats, with 0 log 0 = 0 (Medusa's code adds 1e-5 inside
+    the log). Since H >= -log max p, the threshold is below delta max p: the most
+    likely token always passes when delta < 1.
     """
     entropy = torch.special.entr(probs).sum(-1)
-    return torch.clamp(posterior_alpha * torch.exp(-entropy), max=posterior_threshold)
+    scaled = posterior_alpha * torch.exp(-entropy)
+    return torch.clamp(scaled, max=posterior_threshold)
 
 
-def greedy_accept(logits: torch.Tensor, candidates: torch.Tensor,
+def greedy_accept(predicted: torch.Tensor, candidates: torch.Tensor,
                   valid: torch.Tensor) -> torch.Tensor:
-    """Accepted candidates per path (eq. 13): the longest prefix equal to the base's argmax.
+    """Accepted candidates per path (eq. 13): the longest prefix of argmaxes.
 
-    logits (L, D + 1, V): the base's logits at each node of each root-to-leaf path;
-    candidates (L, D + 1): the paths' tokens (column 0 the root); valid (L, D + 1): False on
-    padding. Returns (L,) long: how many of candidates[:, 1:] each path keeps.
+    predicted (L, D + 1): the base's argmax token after each node of each
+    root-to-leaf path (one argmax per tree node, gathered along the paths);
+    candidates (L, D + 1): the paths' tokens, column 0 the root; valid (L, D + 1):
+    False on padding. Returns (L,) long: how many of candidates[:, 1:] each path
+    keeps.
     """
-    match = (candidates[:, 1:] == logits[:, :-1].argmax(-1)) & valid[:, 1:]
+    match = (candidates[:, 1:] == predicted[:, :-1]) & valid[:, 1:]
     return match.long().cumprod(dim=1).sum(dim=1)
 
 
-def typical_accept(logits: torch.Tensor, candidates: torch.Tensor, valid: torch.Tensor,
-                   temperature: float, posterior_threshold: float = 0.09,
-                   posterior_alpha: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Typical acceptance (eq. 14): keep a candidate while p_T(token) > min(eps, delta e^-H).
+def typical_accept(logits: torch.Tensor, candidates: torch.Tensor,
+                   valid: torch.Tensor, temperature: float,
+                   posterior_threshold: float = 0.09, posterior_alpha: float = 0.3
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Typical acceptance (eq. 14): keep candidates while p_T > min(eps, d e^-H).
 
-    Shapes as :func:`greedy_accept`; p_T = softmax(logits / temperature). Returns the
-    accepted count per path (L,) and the log-likelihood of each path's accepted part (L,),
-    which breaks ties between paths of equal length.
+    logits (L, D + 1, V): the base's logits after each node of each path;
+    candidates and valid as in :func:`greedy_accept`; p_T = softmax(logits / T).
+    Returns the accepted count per path (L,) and the log-likelihood of each path's
+    accepted part (L,), which breaks ties between paths of equal length.
     """
-    probs = torch.softmax(logits[:, :-1].float() / temperature, dim=-1)  # (L, D, V)
+    probs = torch.softmax(logits[:, :-1].float() / temperature, -1)  # (L, D, V)
     tokens = candidates[:, 1:].clamp_min(0)
     p_cand = probs.gather(-1, tokens[..., None])[..., 0]  # (L, D)
-    ok = (p_cand > typical_threshold(probs, posterior_threshold, posterior_alpha)) & valid[:, 1:]
-    keep = ok.long().cumprod(dim=1)
+    threshold = typical_threshold(probs, posterior_threshold, posterior_alpha)
+    keep = ((p_cand > threshold) & valid[:, 1:]).long().cumprod(dim=1)
     loglik = (torch.log(p_cand.clamp_min(1e-30)) * keep).sum(dim=1)
     return keep.sum(dim=1), loglik
 

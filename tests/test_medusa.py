@@ -402,7 +402,7 @@ def test_typical_accept_rules():
     candidates[0, 3] = (candidates[0, 3] + 1) % 9
     valid = torch.ones(6, 4, dtype=torch.bool)
     valid[5, 2:] = False
-    g = greedy_accept(logits, candidates, valid)
+    g = greedy_accept(logits.argmax(-1), candidates, valid)
     assert g[:3].tolist() == [2, 3, 3] and g[5] <= 1
     for temperature in (0.3, 1.0, 3.0):
         t, loglik = typical_accept(logits, candidates, valid, temperature)
@@ -617,3 +617,23 @@ STREAM = torch.arange(200) % 11
 def test_bad_input_is_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ----------------------------------------------------------------- lib.bench medusa
+
+
+def test_bench_medusa_parts():
+    """The benchmark's pieces on a small random model (timings are printed, not tested)."""
+    from lib.bench import commands
+    from lib.bench.medusa import acceptance, decode_times
+
+    assert "medusa" in commands()
+    base, heads = perturbed(seed=1)
+    prompts = [torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5]])]
+    choices = [(0,), (1,), (0, 0)]
+    result = acceptance(base, heads, prompts, 20, choices)
+    assert result["lossless"] and result["tokens_per_forward"] >= 1.0
+    assert all(0 <= a <= 2 for a in result["accepted"])
+    times = decode_times(base, heads, prompts, 10, choices, repeats=2)
+    assert set(times) == {"plain", "medusa"}
+    assert all(len(t["wall"]) == 2 and len(t["cpu"]) == 2 for t in times.values())
