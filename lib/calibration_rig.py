@@ -1,5 +1,5 @@
-"""Several cameras (chapter 10): stereo pairs, N-camera rigs, epipolar geometry, rectification,
-and the YAML files that later steps read.
+"""Several cameras (chapter 10): N-camera rigs, stereo pairs, and the YAML files that later
+steps read (epipolar geometry and rectification are in :mod:`lib.calibration_epipolar`).
 
 A rig is a pose graph: every camera ``c`` has a pose ``(R_c, T_c)`` relative to a reference
 camera (``X_c = R_c X_ref + T_c``; the reference has ``I, 0``) and every frame ``f`` a board
@@ -19,7 +19,6 @@ import os
 from dataclasses import dataclass
 
 import cv2
-import numpy as np
 import torch
 
 from .calibration import CameraCalibration, solve_pnp
@@ -27,18 +26,15 @@ from .calibration_camera import (
     DTYPE,
     as_tensor,
     as_views,
-    camera_matrix,
     check_dist,
     check_image_size,
     distort,
     intrinsics_vector,
     pad_views,
-    project,
     rodrigues,
     rotation_to_rodrigues,
-    skew,
-    undistort_normalized,
 )
+from .calibration_epipolar import essential_matrix, fundamental_matrix
 from .calibration_lm import levenberg_marquardt
 from .validate import check_int, check_positive_int
 
@@ -196,22 +192,25 @@ def _initial_graph(poses: dict, C: int, F: int, reference: int):
 
 
 def calibrate_rig(object_points, image_points, cameras, *, reference: int = 0,
-                  max_iterations: int = 100) -> RigCalibration:
+                  max_iterations: int = 100, device=None) -> RigCalibration:
     """Poses of C calibrated cameras relative to one of them, refined jointly (eq. cal-rig).
 
     object_points: one (N_f, 3) board array per frame (z = 0); image_points[c][f]: camera
     c's (N_f, 2) corners of frame f, or None where camera c did not see the board;
     cameras: one :class:`CameraCalibration` or (K, dist) per camera (kept fixed). Every
-    camera must be linked to the reference through frames seen by two cameras.
+    camera must be linked to the reference through frames seen by two cameras. device:
+    where the joint refinement runs (default: the CPU, where the initial graph is built).
     """
-    obj = as_views(object_points, "object_points", 3)
+    cpu = torch.device("cpu")
+    dev = torch.device(device) if device is not None else cpu
+    obj = as_views(object_points, "object_points", 3, cpu)
     F = len(obj)
     if not isinstance(image_points, (list, tuple)) or len(image_points) < 2:
         raise ValueError("image_points must list the corners of at least 2 cameras")
     C = len(image_points)
     check_int(reference, "reference", minimum=0, maximum=C - 1)
     check_positive_int(max_iterations, "max_iterations")
-    Ks, dists, sizes = _check_intrinsics(cameras, C, torch.device("cpu"))
+    Ks, dists, sizes = _check_intrinsics(cameras, C, cpu)
     intr = intrinsics_vector(Ks, dists)
     seen = {}
     for c, cam in enumerate(image_points):
@@ -221,7 +220,7 @@ def calibrate_rig(object_points, image_points, cameras, *, reference: int = 0,
         for f, p in enumerate(cam):
             if p is None:
                 continue
-            p = as_tensor(p, f"image_points[{c}][{f}]", (-1, 2))
+            p = as_tensor(p, f"image_points[{c}][{f}]", (-1, 2), cpu)
             if len(p) != len(obj[f]):
                 raise ValueError(f"image_points[{c}][{f}] must have as many points as "
                                  f"object_points[{f}] ({len(obj[f])}), got {len(p)}")
@@ -243,15 +242,18 @@ def calibrate_rig(object_points, image_points, cameras, *, reference: int = 0,
         img[f, c, : len(p)], mask[f, c, : len(p)] = p, True
     weights = torch.cat([mask, mask], -1).flatten(-2).to(DTYPE)[None]  # (1, F, C 2N)
     shared = torch.cat([cams[:reference], cams[reference + 1:]]).flatten()[None]
-    fit = levenberg_marquardt(_rig_residuals(O, img, intr, reference), shared, boards[None],
-                              weights, max_iterations=max_iterations)
-    residuals = _rig_residuals(O, img, intr, reference)(fit.shared, fit.local)[0]
+    O, img, mask, weights, intr = (x.to(dev) for x in (O, img, mask, weights, intr))
+    residual_fn = _rig_residuals(O, img, intr, reference)
+    fit = levenberg_marquardt(residual_fn, shared.to(dev), boards[None].to(dev), weights,
+                              max_iterations=max_iterations)
+    residuals = residual_fn(fit.shared, fit.local)[0]
     sq = torch.where(weights[0] > 0, residuals**2, 0.0).unflatten(-1, (C, 2 * N)).sum(-1)
     counts = mask.sum(-1)  # (F, C)
     cams = fit.shared[0].unflatten(0, (C - 1, 6))
-    cams = torch.cat([cams[:reference], torch.zeros(1, 6, dtype=DTYPE), cams[reference:]])
+    cams = torch.cat([cams[:reference], cams.new_zeros(1, 6), cams[reference:]])
     return RigCalibration(
-        K=Ks, dist=dists, R=rodrigues(cams[:, :3]), T=cams[:, 3:], image_sizes=sizes,
+        K=Ks.to(dev), dist=dists.to(dev), R=rodrigues(cams[:, :3]), T=cams[:, 3:],
+        image_sizes=sizes,
         rms=math.sqrt(float(sq.sum() / counts.sum())),
         per_camera_rms=torch.sqrt(sq.sum(0) / counts.sum(0).clamp_min(1)),
         reference=reference, board_rvecs=fit.local[0, :, :3], board_tvecs=fit.local[0, :, 3:],
@@ -276,31 +278,21 @@ class StereoCalibration:
     rig: RigCalibration
 
 
-def essential_matrix(R: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
-    """``E = [T]_x R`` (eq. cal-essential): x_2^T E x_1 = 0 for normalised points."""
-    return skew(T) @ R
-
-
-def fundamental_matrix(K1, K2, R, T) -> torch.Tensor:
-    """``F = K2^-T [T]_x R K1^-1`` (eq. cal-fundamental), scaled to F[2, 2] = 1 as OpenCV."""
-    F = torch.linalg.inv(K2).T @ essential_matrix(R, T) @ torch.linalg.inv(K1)
-    return F / F[2, 2]
-
-
 def stereo_calibrate(object_points, image_points_1, image_points_2, camera_1,
-                     camera_2, *, max_iterations: int = 100) -> StereoCalibration:
+                     camera_2, *, max_iterations: int = 100, device=None) -> StereoCalibration:
     """Relative pose of two calibrated cameras, as ``cv2.stereoCalibrate`` with
     ``CALIB_FIX_INTRINSIC``: the rig of two (eq. cal-rig) plus E and F.
 
     object_points: one (N, 3) board array per view; image_points_1/2: each camera's (N, 2)
-    corners of the same views; camera_1/2: a :class:`CameraCalibration` or (K, dist).
+    corners of the same views; camera_1/2: a :class:`CameraCalibration` or (K, dist);
+    device: where the refinement runs (default: the CPU).
     """
     rig = calibrate_rig(object_points, [image_points_1, image_points_2], [camera_1, camera_2],
-                        max_iterations=max_iterations)
+                        max_iterations=max_iterations, device=device)
     if rig.board_rvecs is None:  # pragma: no cover - calibrate_rig always sets them
         raise RuntimeError("no board poses")
     R, T = rig.R[1], rig.T[1]
-    O = as_views(object_points, "object_points", 3)
+    O = as_views(object_points, "object_points", 3, rig.R.device)
     errs = []
     for c in range(2):
         R_c, T_c = rig.R[c], rig.T[c]
@@ -311,92 +303,13 @@ def stereo_calibrate(object_points, image_points_1, image_points_2, camera_1,
             Xc = X @ Rf.T + tf
             proj = project_normalized((Xc[:, :2] / Xc[:, 2:])[None],
                                       intrinsics_vector(rig.K[c], rig.dist[c])[None])[0]
-            p = as_tensor(pts[f], "image points", (-1, 2))
+            p = as_tensor(pts[f], "image points", (-1, 2), rig.R.device)
             row.append(torch.sqrt(((proj - p) ** 2).sum(-1).mean()))
         errs.append(torch.stack(row))
     return StereoCalibration(R=R, T=T, E=essential_matrix(R, T),
                              F=fundamental_matrix(rig.K[0], rig.K[1], R, T), rms=rig.rms,
                              per_view_errors=torch.stack(errs, -1), rvecs=rig.board_rvecs,
                              tvecs=rig.board_tvecs, rig=rig)
-
-
-def epipolar_lines(points, F) -> torch.Tensor:
-    """Lines ``l = F x`` (eq. cal-epipolar) in the other image, as
-    ``cv2.computeCorrespondEpilines(points, 1, F)``: (N, 2) undistorted pixels of image 1 ->
-    (N, 3) lines (a, b, c), ``a x + b y + c = 0``, scaled to a^2 + b^2 = 1. For lines in
-    image 1 of points of image 2, pass F^T."""
-    p = as_tensor(points, "points", (-1, 2))
-    F = as_tensor(F, "F", (3, 3), p.device)
-    lines = torch.cat([p, torch.ones_like(p[:, :1])], -1) @ F.T
-    return lines / lines[:, :2].norm(dim=-1, keepdim=True)
-
-
-def stereo_rectify(K1, dist1, K2, dist2, image_size, R, T):
-    """Bouguet's rectification (eq. cal-rectify), the rotations of ``cv2.stereoRectify``.
-
-    Each camera turns by half the relative rotation (R1 = W r^T, R2 = W r with
-    r = rodrigues(-rvec(R) / 2)), then both by W, which aligns the baseline with the x (or
-    y) axis. Both get one new camera matrix: the mean focal length of the two, and the
-    principal point that centres the rectified image. Returns R1, R2 (3, 3) and
-    P1, P2 (3, 4), with P2's last column K_new (R2 T).
-    """
-    w, h = check_image_size(image_size)
-    K1, K2 = as_tensor(K1, "K1", (3, 3)), as_tensor(K2, "K2", (3, 3))
-    d1, d2 = check_dist(dist1), check_dist(dist2)
-    R, T = as_tensor(R, "R", (3, 3)), as_tensor(T, "T", (3,))
-    r_r = rodrigues(-rotation_to_rodrigues(R) / 2)
-    t = r_r @ T
-    idx = 0 if abs(float(t[0])) > abs(float(t[1])) else 1
-    u = torch.zeros(3, dtype=DTYPE)
-    u[idx] = 1.0 if float(t[idx]) > 0 else -1.0
-    ww = torch.linalg.cross(t, u)
-    nw = ww.norm()
-    if float(nw) > 0:
-        ww = ww * math.acos(abs(float(t[idx])) / float(t.norm())) / nw
-    W = rodrigues(ww)
-    R1, R2 = W @ r_r.T, W @ r_r
-    f = float((K1[0, 0] + K1[1, 1] + K2[0, 0] + K2[1, 1]) / 4)
-    # principal point: the rectified image of each image's centre, averaged over both
-    centres = []
-    for K, d, Rk in ((K1, d1, R1), (K2, d2, R2)):
-        c = torch.tensor([[(w - 1) / 2, (h - 1) / 2]], dtype=DTYPE)
-        xy = undistort_normalized((c - K[:2, 2]) / torch.stack([K[0, 0], K[1, 1]]), d)
-        ray = Rk @ torch.cat([xy[0], torch.ones(1, dtype=DTYPE)])
-        centres.append(f * ray[:2] / ray[2])
-    cc = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=DTYPE) - torch.stack(centres).mean(0)
-    K_new = camera_matrix(torch.stack([torch.tensor(f, dtype=DTYPE)] * 2 + [cc[0], cc[1]]))
-    P1 = torch.cat([K_new, torch.zeros(3, 1, dtype=DTYPE)], 1)
-    P2 = torch.cat([K_new, (K_new @ (R2 @ T))[:, None]], 1)
-    return R1, R2, P1, P2
-
-
-def rectify_points(points, K, dist, R_rect, P) -> torch.Tensor:
-    """Pixels (N, 2) of a raw image -> pixels of its rectified image (as cv2.undistortPoints
-    with R and P)."""
-    p = as_tensor(points, "points", (-1, 2))
-    K, d = as_tensor(K, "K", (3, 3)), check_dist(dist)
-    xy = undistort_normalized((p - K[:2, 2]) / torch.stack([K[0, 0], K[1, 1]]), d)
-    ray = torch.cat([xy, torch.ones_like(xy[:, :1])], -1) @ as_tensor(R_rect, "R_rect",
-                                                                      (3, 3)).T
-    Kn = as_tensor(P, "P", (3, 4))[:, :3]
-    return ray[:, :2] / ray[:, 2:] * torch.stack([Kn[0, 0], Kn[1, 1]]) + Kn[:2, 2]
-
-
-def rectify_map(K, dist, R_rect, P, image_size) -> tuple[np.ndarray, np.ndarray]:
-    """For every pixel of the rectified image, where to read the raw image: two (h, w)
-    float32 maps for ``cv2.remap``, as ``cv2.initUndistortRectifyMap`` (eq. cal-rectify)."""
-    w, h = check_image_size(image_size)
-    K, d = as_tensor(K, "K", (3, 3)), check_dist(dist)
-    Kn = as_tensor(P, "P", (3, 4))[:, :3]
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=DTYPE), torch.arange(w, dtype=DTYPE),
-                            indexing="ij")
-    rays = torch.stack([(xs - Kn[0, 2]) / Kn[0, 0], (ys - Kn[1, 2]) / Kn[1, 1],
-                        torch.ones_like(xs)], -1)
-    X = rays @ as_tensor(R_rect, "R_rect", (3, 3))  # R^T applied to each ray
-    pose = torch.zeros(6, dtype=DTYPE)
-    pix = project(X.reshape(-1, 3), pose, intrinsics_vector(K, d)).reshape(h, w, 2)
-    pix = pix.float().numpy()
-    return pix[..., 0].copy(), pix[..., 1].copy()
 
 
 # --------------------------------------------------------------------------- YAML files

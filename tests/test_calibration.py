@@ -235,9 +235,15 @@ def test_calibration_is_device_agnostic():
     obj, img = views(5, 0.2, 4)
     res = calibrate(obj, img, SIZE, device="cpu")
     assert res.K.device.type == "cpu" and res.K.dtype == torch.float64
+    obj2, img1, img2 = stereo_views(5, 0.1, 4)
+    pair = stereo_calibrate(obj2, img1, img2, (K_TRUE, DIST_TRUE), (K2, DIST2), device="cpu")
+    assert pair.R.device.type == "cpu"
     if torch.cuda.is_available():
         gpu = calibrate(obj, img, SIZE, device="cuda")
         assert gpu.K.is_cuda and abs(gpu.rms - res.rms) < 1e-9
+        on_gpu = stereo_calibrate(obj2, img1, img2, (K_TRUE, DIST_TRUE), (K2, DIST2),
+                                  device="cuda")
+        assert on_gpu.R.is_cuda and abs(on_gpu.rms - pair.rms) < 1e-9
 
 
 def test_levenberg_marquardt_equals_scipy():
