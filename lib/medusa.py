@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .medusa_accept import greedy_accept, typical_accept
-from .medusa_tree import DEFAULT_CHOICES, TreeBuffers, build_tree, prune_tree
+from .medusa_accept import greedy_accept, speculative_sample, typical_accept
+from .medusa_tree import DEFAULT_CHOICES, TreeBuffers, build_tree, grow_tree, prune_tree
 from .training import check_tokens, train, train_mode
 from .transformer import TinyLM, select_cache
 from .validate import (
@@ -44,6 +44,13 @@ from .validate import (
     check_real,
     check_tensor,
 )
+
+# the chapter's API in one place: the tree and the acceptance rules live in their own modules
+__all__ = [
+    "DEFAULT_CHOICES", "MedusaHeads", "MedusaOutput", "MedusaStep", "ResBlock", "TreeBuffers",
+    "build_tree", "greedy_accept", "grow_tree", "head_accuracy", "medusa_generate",
+    "medusa_loss", "speculative_sample", "train_medusa_heads", "typical_accept",
+]
 
 # ------------------------------------------------------------------------------ the heads
 
@@ -317,6 +324,24 @@ def _resolve_tree(choices, heads: MedusaHeads, base: TinyLM) -> TreeBuffers:
     return tree.to(base.lm_head.weight.device)
 
 
+def _evaluate_posterior(logits: torch.Tensor, tree_tokens: torch.Tensor,
+                        retrieve: torch.Tensor, temperature: float, posterior_threshold: float,
+                        posterior_alpha: float) -> tuple[int, int]:
+    """The best root-to-leaf path and its accepted candidates (eqs. 13-14), as Medusa's
+    ``evaluate_posterior``. logits (T, V) of the tree pass, tree_tokens (T,), retrieve
+    (L, D + 1) node ids padded with -1. Typical acceptance breaks ties by likelihood."""
+    safe, valid = retrieve.clamp_min(0), retrieve >= 0
+    paths = tree_tokens[safe]  # (L, D + 1): the candidates along every path
+    if temperature == 0:
+        lengths = greedy_accept(logits.argmax(-1)[safe], paths, valid)
+        best = int(lengths.argmax())
+    else:
+        lengths, loglik = typical_accept(logits[safe], paths, valid, temperature,
+                                         posterior_threshold, posterior_alpha)
+        best = int(torch.where(lengths == lengths.max(), loglik, -math.inf).argmax())
+    return best, int(lengths[best])
+
+
 @torch.no_grad()
 def medusa_generate(
     base: TinyLM,
@@ -356,8 +381,7 @@ def medusa_generate(
     posterior_alpha = check_real(posterior_alpha, "posterior_alpha", minimum=0.0, maximum=1.0)
     check_bool(trace, "trace")
     full_tree = _resolve_tree(choices, heads, base)
-    pruned: dict[int, TreeBuffers] = {}  # the tree cut at each depth, and its paths
-    paths_of: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    pruned: dict[int, TreeBuffers] = {}  # the tree cut at each depth
     seq = prompt[0].tolist()
     out = MedusaOutput(prompt, [], 0, 0, [] if trace else None)
     if max_new_tokens == 0:
@@ -376,9 +400,7 @@ def medusa_generate(
             # deeper candidates could not be kept, or would run past the last position
             depth = min(full_tree.depth, remaining - 1, base.max_len - 1 - len(seq))
             if depth not in pruned:
-                pruned[depth] = tree = prune_tree(full_tree, depth)
-                idx = tree.retrieve_indices
-                paths_of[depth] = idx, idx.clamp_min(0), idx >= 0
+                pruned[depth] = prune_tree(full_tree, depth)
             tree = pruned[depth]
             # generate_candidates: root + the heads' top-k, placed on the tree
             top = heads(hidden).topk(tree.topk, dim=-1).indices  # (K, topk)
@@ -389,24 +411,15 @@ def medusa_generate(
                         position_ids=tree.position_ids + len(seq), return_hidden=True,
                         check_ids=False)
             out.forward_passes += 1
-            # evaluate_posterior: candidates along every root-to-leaf path
-            idx, safe, valid = paths_of[depth]  # (L, D + 1); padding -1, clamped, mask
-            paths = tree_tokens[safe]
-            if temperature == 0:
-                lengths = greedy_accept(step.logits[0].argmax(-1)[safe], paths, valid)
-                best = int(lengths.argmax())
-            else:
-                lengths, loglik = typical_accept(step.logits[0][safe], paths, valid,
-                                                 temperature, posterior_threshold,
-                                                 posterior_alpha)
-                longest = lengths == lengths.max()
-                best = int(torch.where(longest, loglik, -math.inf).argmax())
-            accepted = int(lengths[best])
+            # evaluate_posterior: the longest accepted path
+            best, accepted = _evaluate_posterior(step.logits[0], tree_tokens,
+                                                 tree.retrieve_indices, temperature,
+                                                 posterior_threshold, posterior_alpha)
             # update_inference_inputs: keep the prefix and the accepted path in the cache
-            nodes = idx[best, : accepted + 1]
+            nodes = tree.retrieve_indices[best, : accepted + 1]  # root first
             keep = torch.cat([torch.arange(len(seq), device=nodes.device), nodes + len(seq)])
             past = select_cache(step.past, keep)
-            accepted_tokens = paths[best, : accepted + 1].tolist()
+            accepted_tokens = tree_tokens[nodes].tolist()
             if trace:
                 out.steps.append(MedusaStep(len(seq), tree, tree_tokens.tolist(),
                                             nodes.tolist(), accepted))

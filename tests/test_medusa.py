@@ -622,6 +622,16 @@ def test_bad_input_is_named(call, error, match):
 # ----------------------------------------------------------------- lib.bench medusa
 
 
+def test_lib_medusa_exports_the_chapter_api():
+    import lib.medusa
+    import lib.medusa_accept
+    import lib.medusa_tree
+
+    assert lib.medusa.speculative_sample is lib.medusa_accept.speculative_sample
+    assert lib.medusa.build_tree is lib.medusa_tree.build_tree
+    assert all(hasattr(lib.medusa, name) for name in lib.medusa.__all__)
+
+
 def test_bench_medusa_parts():
     """The benchmark's pieces on a small random model (timings are printed, not tested)."""
     from lib.bench import commands
