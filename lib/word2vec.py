@@ -39,7 +39,7 @@ from .embeddings import (  # noqa: F401  (re-exported: chapter 5's API in one pl
     word_pair_spearman,
     wordsim353,
 )
-from .validate import check_bool, check_int, check_long_tensor, check_real, check_tensor
+from .validate import check_bool, check_int, check_long_tensor, check_real, check_same, check_tensor
 
 # ----------------------------------------------------------------------- sampling
 
@@ -187,6 +187,10 @@ class SkipGramNS(nn.Module):
 
     def _check(self, inputs, outputs, negatives) -> None:
         V = self.W.shape[0]
+        for name, ids in (("inputs", inputs), ("outputs", outputs), ("negatives", negatives)):
+            check_tensor(ids, name)
+        check_same("device", inputs=inputs, outputs=outputs, negatives=negatives,
+                   model=self.W)
         check_long_tensor(inputs, "inputs", ndim=1, low=0, high=V)
         check_long_tensor(outputs, "outputs", ndim=1, low=0, high=V)
         check_long_tensor(negatives, "negatives", ndim=2, low=0, high=V)
@@ -214,14 +218,20 @@ class SkipGramNS(nn.Module):
 
     @torch.no_grad()
     def sgd_step(self, inputs: torch.Tensor, outputs: torch.Tensor,
-                 negatives: torch.Tensor, lr: float) -> torch.Tensor:
+                 negatives: torch.Tensor, lr: float, *, check: bool = True
+                 ) -> torch.Tensor:
         """One SGD step of eq. 6 on a batch, in place; returns the loss (B,).
 
+        inputs, outputs (B,), negatives (B, k): word ids on the model's device.
         The update of ``forward(...).sum().backward()`` and ``p -= lr * p.grad``,
         but only the rows of the batch are read and written (no dense
         gradient), and all pairs of the batch see the weights from before the
         step (word2vec's loop sees each update before the next pair).
+        ``check=False`` skips the argument checks (train_word2vec's own batches).
         """
+        if check:
+            self._check(inputs, outputs, negatives)
+            lr = check_real(lr, "lr", minimum=0.0, strict=True)
         targets = torch.cat([outputs[:, None], negatives], 1)  # (B, 1 + k)
         B, T = targets.shape
         real = targets != outputs[:, None]  # negatives equal to y are skipped
@@ -256,6 +266,18 @@ def _chunks(sentence: torch.Tensor, words: int) -> list[tuple[int, int]]:
             a = s
     bounds.append((a, n))
     return bounds
+
+
+def _check_device(device) -> torch.device:
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device={str(device)!r} is not a torch device name") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}, but PyTorch sees no CUDA device")
+    return device
 
 
 def _diverged(epoch: int, batch_size: int, outputs: torch.Tensor, vocab: Vocab) -> None:
@@ -296,7 +318,7 @@ def train_word2vec(corpus: Sentences, dim: int = 100, window: int = 5, negative:
     min_lr = check_real(min_lr, "min_lr", minimum=0.0, maximum=lr)
     check_int(seed, "seed", minimum=0)
     check_bool(progress, "progress")
-    device = torch.device(device)
+    device = _check_device(device)
     if vocab is None:
         vocab = Vocab.from_sentences(corpus, min_count)
     elif not isinstance(vocab, Vocab):
@@ -323,7 +345,7 @@ def train_word2vec(corpus: Sentences, dim: int = 100, window: int = 5, negative:
             for s in range(0, inputs.numel(), batch_size):
                 batch = slice(s, s + batch_size)
                 total += model.sgd_step(inputs[batch], outputs[batch], negatives[batch],
-                                        lr_now).sum()
+                                        lr_now, check=False).sum()
             if inputs.numel():
                 losses.append(total.item() / inputs.numel())
                 if not math.isfinite(losses[-1]):
