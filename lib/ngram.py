@@ -1,17 +1,18 @@
 """N-gram language models counted with tensor ops: MLE, add-k, Kneser-Ney (chapter 4).
 
 An n-gram model of order ``n`` predicts each token from the ``n - 1`` tokens before it
-(the Markov assumption, eq. ng-markov) with probabilities estimated from counts.
+(the Markov assumption, eq. 2; equation numbers are those of chapter 4) with
+probabilities estimated from counts.
 Everything here runs on the device of its tensors, with no Python loop over tokens:
 
 * :func:`count_ngrams` (from :mod:`lib.ngram_counting`) counts the n-grams of a sequence
   by packing each one into a single int64 key (its ids as digits in base ``V``) and
   sorting the keys (``torch.unique``).
 * :class:`NGramLM` stores, for every order ``k = 1 .. n``, the sorted keys of the k-grams
-  and of their contexts, and per-entry weights of one recursion (eq. ng-interp),
+  and of their contexts, and per-entry weights of one recursion (eq. 6),
   ``p_k(w | h) = alpha_k(h w) + gamma_k(h) p_{k-1}(w | h')``, that every smoothing shares:
-  maximum likelihood (eq. ng-mle), add-k (eq. ng-addk), interpolated Kneser-Ney with one
-  discount per order (eq. ng-kn) and modified Kneser-Ney with three (eq. ng-mkn).
+  maximum likelihood (eq. 3), add-k (eq. 5), interpolated Kneser-Ney with one
+  discount per order (eq. 10) and modified Kneser-Ney with three (eq. 11).
   Scoring a batch of n-grams is ``2n`` binary searches (``torch.searchsorted``) and a
   few gathers.
 
@@ -19,13 +20,20 @@ A k-gram is keyed by its *suffix*: ``key = index_of(last k - 1 tokens) * V + fir
 token``, where ``index_of`` is the position of the (k-1)-gram in its own sorted table.
 Keys stay below ``(number of distinct (k-1)-grams) * V``, far from int64's limit for any
 corpus and any order, and ``key // V`` is the suffix, which is what Kneser-Ney's
-continuation counts (eq. ng-cont) need: the number of distinct left extensions of a
+continuation counts (eq. 9) need: the number of distinct left extensions of a
 k-gram is a ``bincount`` of the (k+1)-gram keys divided by ``V``.
 
 Sentences are padded inside :meth:`NGramLM.fit` with ``n - 1`` start markers ``<s>`` and
 one end marker ``</s>`` (:func:`lib.corpus.pad_sentence`); the model predicts every
 token and ``</s>``, never ``<s>``, so its distributions are over the vocabulary without
 ``<s>`` (as in KenLM). Unknown tokens map to ``<unk>``.
+
+With ``n - 1`` start markers (NLTK's padding, and this module's), a lower-order n-gram
+that begins with ``<s>`` has one left neighbour, ``<s>``: its continuation count (eq. 9
+on the padded text) is 1. KenLM's n-grams hold a single ``<s>`` (its adjust_counts
+collapses the padding) and the ones that begin with it keep their raw counts, so the
+counts of counts below the top order, and the discounts of eq. 8 and eq. 12 estimated
+from them, differ slightly from KenLM's on the same text.
 """
 
 from __future__ import annotations
@@ -95,8 +103,8 @@ class Level:
     gram_keys (M,) and ctx_keys (C,): sorted int64 keys (see the module docstring).
     gram_ctx (M,): the context index of each k-gram. counts (M,): the count each k-gram
     enters the estimate with: its raw count, or for Kneser-Ney below the top order its
-    continuation count (eq. ng-cont). alpha (M,) and gamma (C,): the weights of eq.
-    (ng-interp). active: False for the lower orders of add-k, which does not interpolate.
+    continuation count (eq. 9). alpha (M,) and gamma (C,): the weights of eq.
+    (6). active: False for the lower orders of add-k, which does not interpolate.
     """
 
     gram_keys: torch.Tensor
@@ -111,14 +119,14 @@ class Level:
 class NGramLM:
     """An n-gram language model of order ``order`` with one of :data:`SMOOTHINGS`.
 
-    * ``"mle"``: relative frequencies (eq. ng-mle); an unseen context falls back to the
+    * ``"mle"``: relative frequencies (eq. 3); an unseen context falls back to the
       longest seen suffix of it, but an unseen word in a seen context has probability 0.
-    * ``"laplace"``: add ``k`` to every count (eq. ng-addk; Lidstone for ``k != 1``).
-    * ``"kneser_ney"``: interpolated Kneser-Ney (eq. ng-kn) with one discount per order:
-      ``discount`` None (estimated, eq. ng-d), a float in [0, 1], or one float per order
+    * ``"laplace"``: add ``k`` to every count (eq. 5; Lidstone for ``k != 1``).
+    * ``"kneser_ney"``: interpolated Kneser-Ney (eq. 10) with one discount per order:
+      ``discount`` None (estimated, eq. 8), a float in [0, 1], or one float per order
       (lowest first). The unigram level is interpolated with the uniform distribution.
     * ``"modified_kneser_ney"``: three discounts per order for counts 1, 2 and 3+
-      (eq. ng-mkn): None (Chen & Goodman's estimate, eq. ng-mkn-d), a triple, or one
+      (eq. 11): None (Chen & Goodman's estimate, eq. 12), a triple, or one
       triple per order.
 
     ``fit(sentences)`` takes a list of token lists. Tensors live on ``device`` (default:
@@ -197,13 +205,13 @@ class NGramLM:
             gram_ctx = torch.empty_like(gram_keys).scatter_(0, gram_idx, ctx_idx)
             levels.append(Level(gram_keys, ctx_keys, gram_ctx, raw))
         if self.smoothing in ("kneser_ney", "modified_kneser_ney"):
-            for k in range(n - 1):  # continuation counts N1+(. g) below the top (eq. ng-cont)
+            for k in range(n - 1):  # continuation counts N1+(. g) below the top (eq. 9)
                 levels[k].counts = torch.bincount(levels[k + 1].gram_keys // V,
                                                   minlength=levels[k].gram_keys.numel())
         return levels
 
     def _set_weights(self) -> None:
-        """alpha and gamma of eq. (ng-interp) for every order, for this smoothing."""
+        """alpha and gamma of eq. (6) for every order, for this smoothing."""
         V_pred = len(self.vocabulary) - 1  # predicted tokens: all but <s>
         kneser_ney = self.smoothing in ("kneser_ney", "modified_kneser_ney")
         self.discounts = [] if kneser_ney else None
@@ -211,14 +219,14 @@ class NGramLM:
             c = level.counts.double()
             ctx_total = torch.bincount(level.gram_ctx, weights=c,
                                        minlength=level.ctx_keys.numel())
-            if self.smoothing == "laplace":  # eq. (ng-addk): only the top order counts
+            if self.smoothing == "laplace":  # eq. (5): only the top order counts
                 level.active = k == self.order - 1
                 denominator = ctx_total + self.k * V_pred
                 # (c + k) / (C + kV) = c / (C + kV) + kV / (C + kV) * uniform
                 level.alpha = c / denominator[level.gram_ctx]
                 level.gamma = self.k * V_pred / denominator
                 continue
-            # what each k-gram gives up: 0 for MLE, eq. (ng-kn) or (ng-mkn) for Kneser-Ney
+            # what each k-gram gives up: 0 for MLE, eq. (10) or (11) for Kneser-Ney
             removed = (self._discount_of(k, level.counts) if kneser_ney
                        else torch.zeros_like(c))
             level.alpha = (c - removed) / ctx_total[level.gram_ctx]
@@ -261,7 +269,7 @@ class NGramLM:
                     context_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """p(w | h) for a batch of n-grams: ngrams (B, order) ids, context first, w last.
 
-        Returns (B,) float64, by :meth:`interpolate` (eq. ng-interp). context_lengths
+        Returns (B,) float64, by :meth:`interpolate` (eq. 6). context_lengths
         (B,), optional: use only the last ``L`` context tokens of a row (the others are
         ignored), the lower-order estimate NLTK gives for short contexts.
         """
@@ -283,7 +291,7 @@ class NGramLM:
 
     def interpolate(self, ngrams: torch.Tensor,
                     context_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Eq. (ng-interp) for checked ids (B, order): p_0 uniform, k = 1 .. n.
+        """Eq. (6) for checked ids (B, order): p_0 uniform, k = 1 .. n.
 
         Each order looks its k-gram and context up in sorted key tables (2 binary
         searches) and mixes ``alpha + gamma * p``. Users call :meth:`ngram_probs`.
@@ -360,11 +368,11 @@ class NGramLM:
         return self.ngram_logprobs(self.ngrams_of([list(tokens)]))
 
     def score_sentence(self, tokens: Sequence[str]) -> float:
-        """ln p(tokens, </s>): the sum of the sentence's log-probabilities (eq. ng-chain)."""
+        """ln p(tokens, </s>): the sum of the sentence's log-probabilities (eq. 1)."""
         return float(self.sentence_logprobs(tokens).sum())
 
     def perplexity(self, sentences: Sequence[Sequence[str]]) -> float:
-        """exp of the mean negative log-probability per predicted token (eq. ng-ppl).
+        """exp of the mean negative log-probability per predicted token (eq. 4).
 
         Every token and every ``</s>`` is predicted; ``inf`` when one has probability 0.
         """

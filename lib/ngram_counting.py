@@ -5,8 +5,8 @@ ids into one int64 key (the ids as digits in base ``V``, :func:`pack_ngrams`) an
 the keys with ``torch.unique``, a sort, on the device of the ids; :func:`find_keys` looks
 keys up in a sorted array with ``torch.searchsorted``. The discount half turns counts of
 counts ``n_1, n_2, ...`` (how many n-grams were seen once, twice, ...) into Kneser-Ney's
-discount (eq. ng-d, :func:`kn_discount`) and modified Kneser-Ney's three
-(eq. ng-mkn-d, :func:`modified_kn_discounts`).
+discount (eq. 8, :func:`kn_discount`) and modified Kneser-Ney's three
+(eq. 12, :func:`modified_kn_discounts`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def find_keys(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 def kn_discount(counts_of_counts: Sequence[int]) -> float | None:
-    """The Kneser-Ney discount ``D = n1 / (n1 + 2 n2)`` (eq. ng-d), or None if undefined.
+    """The Kneser-Ney discount ``D = n1 / (n1 + 2 n2)`` (eq. 8), or None if undefined.
 
     counts_of_counts: ``[n1, n2, ...]``, the number of n-grams seen once, twice, ...
     Undefined (None) when ``n1`` or ``n2`` is 0, where the estimate degenerates to 0 or 1.
@@ -83,8 +83,8 @@ def kn_discount(counts_of_counts: Sequence[int]) -> float | None:
 def modified_kn_discounts(counts_of_counts: Sequence[int]) -> tuple[float, float, float] | None:
     """Modified Kneser-Ney discounts ``D_c = c - (c + 1) Y n_{c+1} / n_c`` for c = 1, 2, 3.
 
-    Here ``Y = n1 / (n1 + 2 n2)``: eq. (ng-mkn-d), as KenLM computes it (Chen & Goodman's
-    eq. 26). counts_of_counts: ``[n1, n2, n3, n4]``. None when ``n1``, ``n2`` or ``n3``
+    Here ``Y = n1 / (n1 + 2 n2)``: chapter 4's eq. 12, as KenLM computes it (Chen &
+    Goodman's eq. 26). counts_of_counts: ``[n1, n2, n3, n4]``. None when ``n1``, ``n2`` or ``n3``
     is 0 or a discount falls outside ``[0, c]`` (KenLM refuses such data unless told to
     fall back).
     """

@@ -86,7 +86,7 @@ def reference_prob(sentences, order, smoothing, word, context, discounts=None, k
     grams = Counter(g for s in target_grams(sentences, order) for g in s)
     counts = {n: Counter({g: c for g, c in grams.items() if len(g) == n})
               for n in range(1, order + 1)}
-    if smoothing in ("kneser_ney", "modified_kneser_ney"):  # continuation counts, eq. ng-cont
+    if smoothing in ("kneser_ney", "modified_kneser_ney"):  # continuation counts, eq. 9
         for n in range(1, order):
             counts[n] = Counter(g[1:] for g in counts[n + 1])
     predicted = {t for s in sentences for t in s} | {EOS, UNK}
@@ -167,6 +167,19 @@ def test_model_counts_are_count_ngrams_of_the_padded_text():
         b = bigram_keys[key // V].item()
         decoded[(key % V, b % V, unigram_keys[b // V].item())] += c
     assert decoded == expected
+
+
+def test_lower_order_ngrams_after_the_padding_have_continuation_count_one():
+    # With n - 1 = 2 start markers, "<s> a" (seen twice in TOY) is only ever preceded by
+    # "<s>": its continuation count is 1, where KenLM (one <s>) keeps the raw count 2.
+    lm = NGramLM(3, "kneser_ney", discount=0.5, device=CPU).fit(TOY)
+    V, bos = len(lm.vocab), lm.vocabulary.stoi[BOS]
+    bigrams = lm.levels[1]
+    starts = bigrams.gram_keys % V == bos  # first token <s>
+    assert starts.sum().item() == 3  # <s> a, <s> b, <s> c
+    assert bigrams.counts[starts].tolist() == [1, 1, 1]
+    raw = Counter(g for s in target_grams(TOY, 3) for g in s if len(g) == 2)
+    assert raw[(BOS, "a")] == 2
 
 
 # ------------------------------------------------------------------ sums to one
