@@ -17,7 +17,7 @@ import importlib
 from ..backend import CUDA, HAS_TRITON
 
 TOPICS = ("aot", "softmax", "floating_point", "checkpointing", "attention", "ngram", "ssm",
-          "word2vec", "medusa")
+          "word2vec", "calibration", "medusa")
 
 
 def gpu_time_ms(fn) -> float:
