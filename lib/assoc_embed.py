@@ -79,20 +79,21 @@ def gather_tags(tags: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
 def ae_loss(
     tags: torch.Tensor, joints: torch.Tensor, sigma: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The grouping losses of associative embedding, per image (eqs. ae-pull, ae-push).
+    """The grouping losses of associative embedding (eqs. ae-pull, ae-push).
 
-    tags (B, K, H, W): one scalar tag map per joint type. joints (B, P, K, 3): (x, y,
-    visible) of P person slots in tag-map pixels; a joint counts when visible > 0, and
-    a person with no visible joint is ignored (so padded slots are harmless). With
-    ``hbar_n`` the mean tag of person n over its visible joints:
+    tags (B, K, H, W): one scalar tag map per joint type. joints (B, P, K, 3):
+    (x, y, visible) of P person slots in tag-map pixels; a joint counts when
+    visible > 0, and a person with no visible joint is ignored (so padded slots
+    are harmless). With ``hbar_n`` the mean tag of person n over its visible
+    joints:
 
     * pull (B,): mean over people of the mean over their visible joints of
       ``(h_k(x_nk) - hbar_n)^2``;
     * push (B,): mean over ordered pairs of distinct people of
       ``exp(-(hbar_n - hbar_m)^2 / (2 sigma^2))``, 0 with fewer than two people.
 
-    Vectorised over images, people and joints; differentiable in ``tags``; on the
-    device of its inputs. Computed in float32 at least.
+    Vectorised over images, people and joints; differentiable in ``tags``; on
+    the device of its inputs. Computed in float32 at least.
     """
     visible = _check_tags_and_joints(tags, joints)
     sigma = check_real(sigma, "sigma", minimum=0.0, strict=True)
@@ -106,13 +107,13 @@ def ae_loss(
     hbar = (h * m).sum(-1) / count.clamp(min=1)  # (B, P): eq. ae-mean
     spread = ((h - hbar[..., None]) ** 2 * m).sum(-1) / count.clamp(min=1)
     n = person.sum(-1).to(dtype)  # (B,) people per image
-    pull = (spread * person).sum(-1) / n.clamp(min=1)
+    pull = (spread * person).sum(-1) / n.clamp(min=1)  # eq. ae-pull
     P = joints.shape[1]
     distinct = ~torch.eye(P, dtype=torch.bool, device=tags.device)
     pairs = person[:, :, None] & person[:, None, :] & distinct  # (B, P, P)
     d2 = (hbar[:, :, None] - hbar[:, None, :]) ** 2
     push = (torch.exp(-d2 / (2 * sigma**2)) * pairs).sum((-2, -1))
-    push = push / (n * (n - 1)).clamp(min=1)
+    push = push / (n * (n - 1)).clamp(min=1)  # eq. ae-push
     return pull, push
 
 
@@ -235,18 +236,17 @@ def _group_one(vals, locs, tags_c, order, det_thr, tag_thr):
         if not keep.any():
             continue
         v, xy, t = vals[j][keep], locs[j][keep], tags_c[j][keep]
-        if people:
-            hbar = np.array([np.mean([q[3] for q in p.values()]) for p in people])
-            dist = np.abs(t[:, None] - hbar[None, :])  # (detections, people)
-            # eq. ae-cost: tag distance first (rounded, x100), the score breaks ties
-            cost = np.round(dist) * 100 - v[:, None]
-            rows, cols = linear_sum_assignment(cost)
-        else:
-            dist, rows, cols = None, np.zeros(0, int), np.zeros(0, int)
         matched = np.full(len(v), -1)
-        for r, c in zip(rows, cols, strict=True):
-            if dist[r, c] < tag_thr:
-                matched[r] = c
+        if people:
+            hbar = np.array([np.mean([q[3] for q in p.values()])
+                             for p in people])
+            dist = np.abs(t[:, None] - hbar[None, :])  # (detections, people)
+            # eq. ae-cost: the rounded tag distance first, the score breaks ties
+            cost = np.round(dist) * 100 - v[:, None]
+            rows, cols = linear_sum_assignment(cost)  # rectangular is fine
+            for r, c in zip(rows, cols, strict=True):
+                if dist[r, c] < tag_thr:
+                    matched[r] = c
         for r in range(len(v)):
             entry = (float(xy[r, 0]), float(xy[r, 1]), float(v[r]), float(t[r]))
             if matched[r] >= 0:

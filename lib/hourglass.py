@@ -50,22 +50,24 @@ class Residual(nn.Module):
 
 
 class Hourglass(nn.Module):
-    """Pool, recurse, upsample, add the skip branch: (B, c, h, w) -> (B, c, h, w).
+    """Pool, recurse, upsample, add the skip: (B, c, h, w) -> (B, c, h, w).
 
-    depth levels of halving (h and w must be divisible by ``2 ** depth``); the width
-    grows by ``grow`` channels per level down.
+    depth levels of halving (h and w must be divisible by ``2 ** depth``); the
+    width grows by ``grow`` channels per level down.
     """
 
     def __init__(self, depth: int, c: int, grow: int = 16):
         super().__init__()
-        self.skip = Residual(c, c)
-        self.down = Residual(c, c + grow)
-        self.inner = Hourglass(depth - 1, c + grow, grow) if depth > 1 else Residual(
-            c + grow, c + grow)
-        self.up = Residual(c + grow, c)
+        c2 = c + grow
+        self.skip = Residual(c, c)  # full resolution, kept for the way up
+        self.down = Residual(c, c2)
+        self.inner = (Hourglass(depth - 1, c2, grow) if depth > 1
+                      else Residual(c2, c2))  # the coarsest level
+        self.up = Residual(c2, c)
 
     def forward(self, x):
-        low = self.up(self.inner(self.down(F.max_pool2d(x, 2))))  # (B, c, h/2, w/2)
+        low = F.max_pool2d(x, 2)  # (B, c, h/2, w/2)
+        low = self.up(self.inner(self.down(low)))
         return self.skip(x) + F.interpolate(low, scale_factor=2, mode="nearest")
 
 
