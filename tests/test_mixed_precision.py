@@ -97,6 +97,13 @@ def test_mixed_mlp_layout_and_seed():
     assert all(l.compute_dtype == F16 for l in linears)
     assert all(torch.equal(p, q) for p, q in zip(
         m.parameters(), mixed_mlp(WIDTHS, seed=5).parameters(), strict=True))
+    class Other(MixedLinear):
+        pass
+
+    other = mixed_mlp(WIDTHS, seed=5, layer=Other)
+    assert sum(isinstance(l, Other) for l in other) == len(WIDTHS) - 1
+    assert all(torch.equal(p, q) for p, q in zip(
+        other.parameters(), m.parameters(), strict=True))
     state = torch.get_rng_state()
     mixed_mlp(WIDTHS)
     assert torch.equal(state, torch.get_rng_state())  # the caller's generator is untouched
@@ -109,7 +116,7 @@ def test_fp32_run_by_hand():
     """Recipe() is plain Adam on the MSE: the same steps written out give the same bits."""
     model, out = run(Recipe(), steps=5)
     ref = mixed_mlp(WIDTHS, seed=0)
-    opt = torch.optim.Adam(ref.parameters(), lr=1e-2, eps=1e-8)
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-2, eps=1e-8)  # per-tensor loop
     batch_fn, gen = autoencoder_batches(data(), 16), torch.Generator().manual_seed(1)
     losses = []
     for _ in range(5):
@@ -236,6 +243,8 @@ batches0 = autoencoder_batches(data(), 4)
     (lambda: mixed_mlp([4, 2.0]), TypeError, r"widths\[1\]"),
     (lambda: mixed_mlp([4, 4], seed=-1), ValueError, "seed"),
     (lambda: MixedLinear(3, 3, torch.int8), ValueError, "dtype"),
+    (lambda: mixed_mlp([4, 4], layer=nn.Linear), TypeError, "layer"),
+    (lambda: mixed_mlp([4, 4], layer="MixedLinear"), TypeError, "layer"),
     (lambda: train_mixed("model", batches0, reconstruction_loss, 3, Recipe()),
      TypeError, "model"),
     (lambda: train_mixed(model0, None, reconstruction_loss, 3, Recipe()), TypeError, "batch_fn"),
