@@ -13,7 +13,8 @@ H heads of size hd = C / H, V vocabulary size.
   Same parameter layout as ``torch.nn.MultiheadAttention`` (``in_proj`` = ``qkv``).
 * :class:`TransformerBlock` (eq. 11): x + MHA(LN(x)), then x + MLP(LN(x)).
 * :class:`TinyLMConfig` (sizes, as nanoGPT's ``GPTConfig``) and :class:`TinyLM`:
-  embedding + positions, n blocks, final LayerNorm, tied output layer.
+  embedding + positions (sinusoidal, or a learned table: Table 3 row (E) of Vaswani
+  et al.), n blocks, final LayerNorm, tied output layer.
   ``forward(idx, past, mask, position_ids, return_hidden)`` serves training, decoding with
   a KV cache, and chapter 9's Medusa (hidden states; a tree of candidates scored in one
   pass with an attention mask and explicit position ids). ``generate`` decodes greedily
@@ -38,6 +39,7 @@ from .training import train_mode
 from .validate import (
     FLOAT_DTYPES,
     check_bool,
+    check_choice,
     check_int,
     check_long_tensor,
     check_positive_int,
@@ -143,27 +145,31 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Attend from the T new tokens to the Tp cached ones and to themselves.
 
-        x: (B, T, C); past: None or (k, v), each (B, H, Tp, hd); causal: bottom-right
-        aligned, new token t sees cache + tokens 0..t; mask: None or bool (T, Nm) or
-        (B, T, Nm) on the last Nm keys, ANDed with causal (see ``flash_attention``).
+        x: (B, T, C); past: None or (k, v), each (B, H, Tp, hd); causal:
+        bottom-right aligned, new token t sees cache + tokens 0..t; mask: None or
+        bool (T, Nm) or (B, T, Nm) on the last Nm keys, ANDed with causal (see
+        ``flash_attention``).
         Returns y (B, T, C) and the updated cache (k, v), each (B, H, Tp + T, hd).
         """
         check_tensor(x, "x", ndim=3, dtypes=FLOAT_DTYPES)
         check_bool(causal, "causal")
         b, t, c = x.shape
         if c != self.d_model:
-            raise ValueError(f"x must have last dim d_model={self.d_model}, got {c}")
+            raise ValueError(f"x must have last dim d_model={self.d_model}, "
+                             f"got {c}")
         if x.device != self.qkv.weight.device:
-            raise ValueError(f"x must be on the module's device {self.qkv.weight.device}, "
-                             f"got {x.device}")
+            raise ValueError(f"x must be on the module's device "
+                             f"{self.qkv.weight.device}, got {x.device}")
         h, hd = self.n_heads, self.head_dim
         q, k, v = self.qkv(x).split(c, dim=2)  # 3 x (B, T, C)
-        q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))  # (B, H, T, hd)
+        # (B, T, C) -> (B, T, H, hd) -> (B, H, T, hd)
+        q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))
         if past is not None:
             _check_past(past, b, h, hd, x)
             k = torch.cat([past[0], k], dim=2)  # (B, H, Tp + T, hd)
             v = torch.cat([past[1], v], dim=2)
-        y = flash_attention(q, k, v, causal=causal, mask=mask, backend=self.backend)
+        y = flash_attention(q, k, v, causal=causal, mask=mask,
+                            backend=self.backend)
         y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, H, hd) -> (B, T, C)
         return self.proj(y), (k, v)
 
@@ -229,13 +235,17 @@ class LMOutput(NamedTuple):
     hidden: torch.Tensor | None  # (B, T, C) after the final LayerNorm, if asked for
 
 
+POSITIONS = ("sinusoidal", "learned")
+
+
 @dataclass(frozen=True)
 class TinyLMConfig:
     """The sizes of a :class:`TinyLM` (as nanoGPT's ``GPTConfig``), checked when made.
 
     vocab_size V, d_model C (even, for the sin/cos pairs of eq. 7, and divisible by
     n_heads), n_heads H, n_layers (blocks), max_len (positions in the table), mlp_ratio
-    (the MLP's hidden width over C).
+    (the MLP's hidden width over C), positions: ``"sinusoidal"`` (eq. 7, fixed) or
+    ``"learned"`` (a trained (max_len, C) table, as in row (E) of the paper's Table 3).
     """
 
     vocab_size: int
@@ -244,10 +254,12 @@ class TinyLMConfig:
     n_layers: int
     max_len: int
     mlp_ratio: int = 4
+    positions: str = "sinusoidal"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_len", "mlp_ratio"):
             check_positive_int(getattr(self, name), name)
+        check_choice(self.positions, "positions", POSITIONS)
         if self.d_model % 2:
             raise ValueError(f"d_model must be even for sinusoidal positions, got {self.d_model}")
         if self.d_model % self.n_heads:
@@ -260,9 +272,10 @@ class TinyLM(nn.Module):
 
     ``TinyLM(TinyLMConfig(vocab_size=65, d_model=64, n_heads=4, n_layers=2, max_len=64))``.
     Token embeddings are scaled by sqrt(C) and tied to the output layer, as in Vaswani
-    et al.; positions come from :func:`sinusoidal_positions` (no learned position table),
-    so any position below ``max_len`` can be addressed, including the repeated positions
-    of a tree of candidates. ``backend`` goes to every block's attention.
+    et al.; positions come from :func:`sinusoidal_positions` (``pos_table``, a buffer)
+    or, with ``config.positions == "learned"``, from a trained table ``pos_emb``. Any
+    position below ``max_len`` can be addressed, including the repeated positions of a
+    tree of candidates. ``backend`` goes to every block's attention.
     """
 
     def __init__(self, config: TinyLMConfig, backend: str = "auto"):
@@ -272,8 +285,11 @@ class TinyLM(nn.Module):
         self.config = config
         c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
-        self.register_buffer("pos_table", sinusoidal_positions(c.max_len, c.d_model),
-                             persistent=False)
+        if c.positions == "learned":
+            self.pos_emb = nn.Embedding(c.max_len, c.d_model)
+        else:
+            self.register_buffer("pos_table", sinusoidal_positions(c.max_len, c.d_model),
+                                 persistent=False)
         self.blocks = nn.ModuleList(
             TransformerBlock(c.d_model, c.n_heads, c.mlp_ratio, backend)
             for _ in range(c.n_layers)
@@ -294,9 +310,14 @@ class TinyLM(nn.Module):
     def _init_weights(self, module: nn.Module, residual: bool) -> None:
         # nanoGPT/GPT-2: N(0, 0.02) weights and zero biases; the residual projections shrunk
         # by 1/sqrt(2 n_layers) so that the residual stream's variance does not grow with
-        # depth; token embeddings N(0, 1/C), so that sqrt(C) x embedding is N(0, 1).
+        # depth; token embeddings N(0, 1/C), so that sqrt(C) x embedding is N(0, 1);
+        # a learned position table N(0, 1/2): the mean square of the sinusoid table (each
+        # sin/cos pair has sin^2 + cos^2 = 1), so the two kinds differ in form, not size.
         if module is self.lm_head:
             return  # tied: its weight is the token embedding, initialised as one
+        if module is getattr(self, "pos_emb", None):
+            nn.init.normal_(module.weight, 0.0, 0.5**0.5)
+            return
         if isinstance(module, nn.Linear):
             std = 0.02
             if residual:
@@ -380,7 +401,11 @@ class TinyLM(nn.Module):
                                  f"{tuple(position_ids.shape)}")
             if check_ids:
                 check_long_tensor(position_ids, "position_ids", low=0, high=self.max_len)
-        x = self.tok_emb(idx) * math.sqrt(self.d_model) + self.pos_table[position_ids]  # (B,T,C)
+        if self.config.positions == "learned":
+            pos = self.pos_emb(position_ids)
+        else:
+            pos = self.pos_table[position_ids]  # eq. 7
+        x = self.tok_emb(idx) * math.sqrt(self.d_model) + pos  # (B, T, C)
         present = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, past=None if past is None else past[i], mask=mask)

@@ -325,6 +325,44 @@ def test_unchecked_forward_equals_checked():
     assert torch.equal(a, b)
 
 
+# -------------------------------------------------------------- learned positions (row E)
+
+
+def test_learned_positions_are_a_trained_table_of_the_sinusoids_scale():
+    model = tiny(positions="learned", d_model=64, n_heads=4, max_len=128)
+    assert not hasattr(model, "pos_table") and model.pos_emb.weight.shape == (128, 64)
+    assert "pos_emb.weight" in model.state_dict()
+    # initialised N(0, 1/2): the mean square of the sinusoid table (sin^2 + cos^2 = 1 per
+    # pair); a sample std of 8192 normal draws is within 3% of sigma (~4 std errors)
+    mean_square = sinusoidal_positions(128, 64).square().mean().item()
+    assert mean_square == pytest.approx(0.5, abs=1e-3)
+    assert model.pos_emb.weight.std().item() == pytest.approx(0.5**0.5, rel=0.03)
+    # the table enters the forward pass: position p reads row p, and it gets a gradient
+    idx = torch.randint(0, 11, (2, 9))
+    model.train()
+    model(idx).logits.square().sum().backward()
+    grad_rows = model.pos_emb.weight.grad.abs().sum(-1)
+    assert (grad_rows[:9] > 0).all() and (grad_rows[9:] == 0).all()
+
+
+def test_learned_positions_equal_sinusoidal_when_given_the_same_table():
+    """Copy the sinusoid table into the learned one: the two models are the same function."""
+    sin_model = tiny(seed=3)
+    learned = TinyLM(TinyLMConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=2,
+                                  max_len=40, positions="learned")).eval()
+    learned.load_state_dict(sin_model.state_dict() | {"pos_emb.weight": sin_model.pos_table})
+    idx = torch.randint(0, 11, (3, 40))
+    torch.testing.assert_close(learned(idx).logits, sin_model(idx).logits, rtol=0, atol=0)
+
+
+def test_learned_positions_generate_with_cache_equals_without():
+    model = tiny(seed=4, positions="learned")
+    prompt = torch.randint(0, 11, (2, 3))
+    a = model.generate(prompt, 30, use_cache=True)
+    b = model.generate(prompt, 30, use_cache=False)
+    assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------ bad input
 
 MODEL = tiny()
@@ -361,6 +399,10 @@ PAST = MODEL(IDX).past
         (lambda: TinyLMConfig(5, 10, 4, 1, 8), ValueError, "divisible by n_heads=4"),
         (lambda: TinyLMConfig(5, 8, 2, -1, 8), ValueError, "n_layers must be at least 1"),
         (lambda: TinyLMConfig(5, 8, 2, 1, 8.0), TypeError, "max_len must be an int"),
+        (lambda: TinyLMConfig(5, 8, 2, 1, 8, positions="rotary"), ValueError,
+         "positions must be one of"),
+        (lambda: TinyLMConfig(5, 8, 2, 1, 8, positions=None), ValueError,
+         "positions must be one of"),
         (lambda: TinyLMConfig("5", 8, 2, 1, 8), TypeError, "vocab_size must be an int"),
         (lambda: TinyLM({"vocab_size": 5}), TypeError, "config must be a TinyLMConfig"),
         (lambda: TinyLM(TinyLMConfig(5, 8, 2, 1, 8), backend="gpu"), ValueError,
