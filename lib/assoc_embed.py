@@ -56,9 +56,8 @@ def _check_tags_and_joints(tags, joints):
     outside = visible & ((x < -0.5) | (x > W - 0.5) | (y < -0.5) | (y > H - 0.5))
     if outside.any():
         b, p, k = (int(i) for i in torch.nonzero(outside)[0])
-        raise ValueError(f"joints: visible joint (b={b}, p={p}, k={k}) at "
-                         f"({x[b, p, k]:.2f}, {y[b, p, k]:.2f}) lies outside the "
-                         f"{W} x {H} tag map; mark it invisible (0)")
+        raise ValueError(f"joints: visible joint {(b, p, k)} at ({x[b, p, k]:.1f}, "
+                         f"{y[b, p, k]:.1f}) is off the {W} x {H} map")
     return visible
 
 

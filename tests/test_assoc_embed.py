@@ -334,7 +334,7 @@ BAD = [
     (ae_loss, (T4, J4[:, :, :1]), ValueError, "joints"),
     (ae_loss, (T4, J4.to("meta")), ValueError, "device"),
     (ae_loss, (T4, J4 * float("nan")), ValueError, "joints"),
-    (ae_loss, (T4, J4 + torch.tensor([9.0, 0, 0])), ValueError, "outside"),
+    (ae_loss, (T4, J4 + torch.tensor([9.0, 0, 0])), ValueError, "off the 4 x 4 map"),
     (ae_loss, (NAN_T, J4), ValueError, "tags"),
     (ae_loss, (T4[..., :0], J4), ValueError, "empty"),
     (lambda: ae_loss(T4, J4, 0.0), (), ValueError, "sigma"),
