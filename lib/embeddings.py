@@ -221,7 +221,10 @@ def ppmi(counts: torch.Tensor, power: float = 0.75, shift: float = 1.0) -> torch
 
     ``max(0, log(#(x, y) / (#x * P(y))) - log shift)`` with ``#x`` the row sums and
     ``P(y)`` the column sums raised to ``power`` and normalised: the matrix that SGNS with
-    ``shift`` negatives and that noise distribution factorises at its optimum.
+    ``shift`` negatives and that noise distribution factorises at its optimum (eq. 7;
+    word2vec's skipping of a negative equal to the pair's output moves that optimum by
+    ``-log(1 - #(x, y) / #x)``, eq. 12, which only matters when one word fills a large
+    share of another's contexts).
     """
     check_tensor(counts, "counts", ndim=2)
     if counts.shape[0] != counts.shape[1]:
