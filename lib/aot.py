@@ -4,7 +4,7 @@ Triton can compile for a target GPU on a machine that has none:
 ``triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda",
 90, 32))`` returns PTX and a cubin. Triton's bundled ``ptxas-blackwell -v`` then reports
 registers, spill bytes and barriers, and the PTX tells whether matrix products use
-tensor cores (``wgmma`` on sm_90a, ``mma.sync`` on sm_80).
+tensor cores (``wgmma`` on sm_90a; ``mma.sync``, the older instruction, on both).
 
 The kernel modules are listed in :data:`KERNEL_MODULES`; each declares what to compile
 with a function ``aot_specs()`` returning :class:`lib.kernel_spec.KernelSpec` objects
@@ -49,11 +49,12 @@ class CompileReport:
     spill_bytes: int
     shared_bytes: int
     shared_limit: int
-    tensor_cores: bool
+    tensor_cores: bool  # wgmma or mma.sync in the PTX
     matmul: bool
     launch_hints: bool = True  # compiled with the launcher's specialization
     vector_loads: int = 0  # ld.global.v2/v4 instructions in the PTX
     cp_async: int = 0  # cp.async instructions (asynchronous global -> shared copies)
+    wgmma: bool = False  # Hopper's warp-group matrix product (else mma.sync, if any)
 
 
 def collect_specs(modules: tuple[str, ...] | None = None, sweep: bool = False
@@ -135,12 +136,13 @@ def compile_spec(spec: KernelSpec, target: str, hints: bool = True) -> CompileRe
     info = out.stdout + out.stderr
     registers = int(re.search(r"Used (\d+) registers", info).group(1))
     spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", info))
-    tensor_cores = ("wgmma" in ptx) if capability >= 90 else ("mma.sync" in ptx)
+    wgmma = capability >= 90 and "wgmma" in ptx
+    tensor_cores = wgmma or "mma.sync" in ptx
     return CompileReport(
         spec.name, target, registers, spills, compiled.metadata.shared, shared_limit,
         tensor_cores, spec.matmul, launch_hints=spec.args is not None and hints,
         vector_loads=len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]", ptx)),
-        cp_async=len(re.findall(r"cp\.async\.c[ag]", ptx)),
+        cp_async=len(re.findall(r"cp\.async\.c[ag]", ptx)), wgmma=wgmma,
     )
 
 
@@ -183,7 +185,8 @@ def format_table(reports: list[CompileReport]) -> str:
               f"{'cp.async':>9}  tensor cores")
     rows = [header, "-" * len(header)]
     for r in reports:
-        tc = ("yes" if r.tensor_cores else "NO") if r.matmul else "n/a (no matmul)"
+        tc = "n/a (no matmul)" if not r.matmul else "NO" if not r.tensor_cores else (
+            "yes (wgmma)" if r.wgmma else "yes (mma)")
         name = r.name if r.launch_hints else r.name + " *"
         rows.append(f"{name:<36}{r.target:<8}{r.registers:>5}{r.spill_bytes:>8}"
                     f"{r.shared_bytes:>8}{r.cp_async:>9}  {tc}")

@@ -47,7 +47,7 @@ import math
 import torch
 
 from .attention_kernels import MAX_HEAD_DIM
-from .attention_launch import _flash_bwd_triton, _flash_fwd_triton
+from .attention_launch import _flash_bwd_triton, _flash_fwd_triton, kernel_supports
 from .backend import resolve_backend
 from .softmax import softmax_reference
 from .validate import (
@@ -241,14 +241,15 @@ def flash_attention(
     L (B, H, Nq) in fp32 (natural log; -inf for a row that sees no key, whose O is zero).
     Differentiable in q, k, v with either backend. fp32 products on a GPU run on the
     tensor cores as "tf32x3" (three TF32 products, at most ``5 2^-22 |a| |b|`` each,
-    :func:`lib.attention_launch._precision`); the interpreter multiplies in fp32. NaN in
-    q, k or v spreads as in PyTorch, even from a value a query cannot see.
+    :func:`lib.attention_launch._precision`); the interpreter multiplies in fp32. fp32
+    with d > 128 runs :func:`attention_reference` on every backend (it materialises the
+    scores): the kernels' fp32 tiles for such head dims spill registers on sm_80 and
+    sm_90a. NaN in q, k or v spreads as in PyTorch, even from a value a query cannot see.
     """
     scale, mask = _check_inputs(q, k, v, causal, scale, mask)
     check_bool(return_lse, "return_lse")
-    if resolve_backend(backend, q) == "torch":
-        return attention_reference(q, k, v, causal, scale, mask, return_lse=return_lse)
-    if q.shape[0] * q.shape[1] == 0:  # nothing to launch
+    if (resolve_backend(backend, q) == "torch" or q.shape[0] * q.shape[1] == 0
+            or not kernel_supports(q.dtype, q.shape[-1])):  # (nothing to launch; fp32 d > 128)
         return attention_reference(q, k, v, causal, scale, mask, return_lse=return_lse)
     out, lse = _FlashAttention.apply(q, k, v, causal, scale, mask)
     return (out, lse) if return_lse else out

@@ -30,11 +30,13 @@ from .validate import check_bool, check_choice, check_int, check_positive_int
 # ---------------------------------------------------------------------- configurations
 
 # (BLOCK_M, BLOCK_N, warps, stages) per kernel and padded head dim on a GPU: the launches
-# that aot_specs compiles for sm_90a and sm_80 with the launcher's specialization and no
-# register spills. For d = 256 the backward kernels split the output columns into parts
-# (BLOCK_DO): each part recomputes P, which costs time but keeps Q, dO and the
-# accumulators in registers. fp32 inputs multiply in true fp32 ("ieee": FMA, no tensor
-# cores), whose operands live in registers: smaller tiles.
+# that aot_specs and compile-sweep compile for sm_90a and sm_80 with the launcher's
+# specialization and no register spills. For d = 256 the backward kernels split the
+# output columns into parts (BLOCK_DO): each part recomputes P, which costs time but
+# keeps Q, dO and the accumulators in registers. fp32 tiles (tf32x3: twice the bytes and
+# three products) are smaller; fp32 with d > 128 has no table: even 16 x 16 tiles spill
+# with a mask, so flash_attention runs the reference there (FP32_KERNEL_MAX_HEAD_DIM).
+FP32_KERNEL_MAX_HEAD_DIM = 128
 KINDS = ("fwd", "dkdv", "dq")
 _GPU_CONFIGS = {
     "fwd": {
@@ -70,21 +72,36 @@ _GPU_CONFIGS = {
     "fwd/fp32": {
         64: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
         128: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
-        256: dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2),
     },
     "dkdv/fp32": {
-        64: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
-        128: dict(BLOCK_M=16, BLOCK_N=32, num_warps=8, num_stages=2),
-        256: dict(BLOCK_M=16, BLOCK_N=32, BLOCK_DO=64, num_warps=8, num_stages=1),
+        64: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=3),
+        128: dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=3),
     },
     "dq/fp32": {
-        64: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        64: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=3),
+        128: dict(BLOCK_M=16, BLOCK_N=64, num_warps=8, num_stages=3),
+    },
+    "fwd+mask/fp32": {
+        64: dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=3),
         128: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
-        256: dict(BLOCK_M=32, BLOCK_N=16, BLOCK_DO=64, num_warps=8, num_stages=2),
+    },
+    "dkdv+mask/fp32": {
+        64: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=3),
+        128: dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=3),
+    },
+    "dq+mask/fp32": {
+        64: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=3),
+        128: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=3),
     },
 }
-_GPU_CONFIGS |= {kind + "+mask/fp32": dict(_GPU_CONFIGS[kind + "/fp32"]) for kind in KINDS}
 _GPU_CONFIGS = {k: {16: v[64], 32: v[64], **v} for k, v in _GPU_CONFIGS.items()}
+
+
+def kernel_supports(dtype: torch.dtype, d: int) -> bool:
+    """Whether the Triton kernels take q, k, v of this dtype and head dim on a GPU
+    (fp16/bf16 up to MAX_HEAD_DIM, fp32 up to FP32_KERNEL_MAX_HEAD_DIM)."""
+    limit = FP32_KERNEL_MAX_HEAD_DIM if dtype == torch.float32 else MAX_HEAD_DIM
+    return d <= limit
 
 
 def _head_block(d: int) -> int:
@@ -127,6 +144,9 @@ def launch_config(d: int, n_q: int, n_k: int, kind: str = "fwd", masked: bool = 
         block_n = min(64, max(16, triton.next_power_of_2(n_k)))
         cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=1)
     else:
+        if not kernel_supports(dtype, d):
+            raise ValueError(f"d must be at most {FP32_KERNEL_MAX_HEAD_DIM} for fp32 on a GPU "
+                             f"(the kernels' fp32 tiles spill registers beyond), got {d}")
         key = kind + ("+mask" if masked else "") + ("/fp32" if dtype == torch.float32 else "")
         cfg = dict(_GPU_CONFIGS[key][block_d])
     cfg["BLOCK_D"] = block_d
@@ -240,6 +260,7 @@ AOT_VARIANTS = (
     + [("fp16", d, False, False) for d in (64, 128)]
     + [("fp16", d, True, True) for d in (64, 128, 256)]
     + [("bf16", 64, True, False)]
+    + [("fp32", d, True, False) for d in (64, 128)]
     + [("fp16", d, True, False) for d in (40, 80, 96)]
 )
 
@@ -274,9 +295,9 @@ def kernel_specs(dtype: str, d: int, causal: bool, masked: bool, batch: int = 4,
     return specs
 
 
-# Every launch class flash_attention can make on a GPU, for `python -m lib.bench
+# Every launch class the Triton path makes on a GPU, for `python -m lib.bench
 # compile-sweep`: each padded head dim, at a power of two (no column mask, aligned strides)
-# and below it (masked columns, strides not divisible by 16 for 24 and 40); 3 dtypes
+# and below it (masked columns; strides not divisible by 16 for 24 and 40); 3 dtypes
 SWEEP_HEAD_DIMS = (16, 24, 32, 40, 64, 80, 96, 128, 160, 256)
 
 
@@ -284,7 +305,8 @@ def sweep_specs() -> list[KernelSpec]:
     """Every kernel for every dtype, head dim of :data:`SWEEP_HEAD_DIMS`, causal or not,
     with or without a mask: what `compile-sweep` checks for spills."""
     return [spec for dtype in _DTYPES for d in SWEEP_HEAD_DIMS for causal in (True, False)
-            for masked in (False, True) for spec in kernel_specs(dtype, d, causal, masked)]
+            for masked in (False, True) if kernel_supports(_DTYPES[dtype], d)
+            for spec in kernel_specs(dtype, d, causal, masked)]
 
 
 def aot_specs() -> list[KernelSpec]:

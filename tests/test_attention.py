@@ -264,6 +264,22 @@ def test_fp32_tf32x3_products_are_within_the_stated_bound():
     assert ((t(a) @ t(b) - exact).abs() > bound).any()
 
 
+def test_fp32_beyond_head_dim_128_runs_the_reference(monkeypatch):
+    """Documented routing: fp32 with d > 128 never reaches the kernels (their fp32 tiles
+    spill registers on a GPU); fp16 with the same d does."""
+    import lib.attention
+
+    calls = []
+    real = lib.attention._FlashAttention.apply
+    monkeypatch.setattr(lib.attention._FlashAttention, "apply",
+                        lambda *a: calls.append(a[0].dtype) or real(*a))
+    q, k, v = (t.detach() for t in qkv(1, 1, 3, 5, 136))
+    out = flash_attention(q, k, v, causal=True, backend="triton")
+    assert calls == [] and torch.equal(out, attention_reference(q, k, v, causal=True))
+    flash_attention(q.half(), k.half(), v.half(), backend="triton")
+    assert calls == [torch.float16]
+
+
 def test_noncontiguous_inputs():
     """(B, N, H, d) tensors viewed as (B, H, N, d), as a transformer produces them."""
     g = torch.Generator().manual_seed(0)
@@ -388,6 +404,8 @@ def test_bad_input_is_named(args, kwargs, error, words):
         (launch_config, (64, 8, 8), {"kind": "bwd"}, ValueError, "kind must be one of"),
         (launch_config, (64, 8, 8), {"masked": "yes"}, TypeError, "masked must be a bool"),
         (launch_config, (64, 8, 8), {"dtype": "fp16"}, TypeError, "dtype must be a torch"),
+        (launch_config, (200, 8, 8), {"dtype": torch.float32, "gpu": True}, ValueError,
+         "d must be at most 128 for fp32"),
     ],
 )
 def test_bad_input_to_the_reference_and_helpers_is_named(fn, args, kwargs, error, words):
