@@ -284,8 +284,9 @@ class _Frame:
         if not self.done:
             self.recompute()
         if handle not in self.recomputed:
-            raise RuntimeError("checkpoint: a saved tensor was requested after it was freed "
-                               "(call backward with retain_graph=True to backprop twice)")
+            raise RuntimeError(
+                "checkpoint: a saved tensor was requested after it was freed "
+                "(call backward with retain_graph=True to backprop twice)")
         (t,) = self.recomputed[handle].saved_tensors
         return t
 

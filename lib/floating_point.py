@@ -238,14 +238,15 @@ def _exponent(a: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
 def round_to_format(
     x: torch.Tensor, fmt: FloatFormat, saturate: bool | None = None
 ) -> torch.Tensor:
-    """Round ``x`` to the nearest number of ``fmt``, ties to even (chapter 2, eqs. 5-7).
+    """Round ``x`` to the nearest number of ``fmt``, ties to even (eqs. 5-7).
 
-    x: any shape, fp32 (or fp16/bf16, which fp32 holds exactly). Returns fp32 of the same shape,
-    holding values of ``fmt`` exactly: bit-exact with torch's casts to float16, bfloat16,
-    float8_e4m3fn and float8_e5m2. Subnormals use the fixed spacing 2^(emin - m); -0 stays -0;
-    NaN stays NaN. Numbers whose rounding exceeds ``fmt.max`` (and +-inf) become +-max when
-    ``saturate``, else +-inf (NaN for a format without inf). ``saturate=None`` takes the
-    format's convention, as torch does: fn formats saturate, IEEE formats overflow to inf.
+    x: any shape, fp32 (or fp16/bf16, which fp32 holds exactly). Returns fp32
+    of the same shape, holding values of ``fmt`` exactly: bit-exact with torch's
+    casts to float16, bfloat16, float8_e4m3fn and float8_e5m2. Subnormals use the
+    fixed spacing 2^(emin - m); -0 stays -0; NaN stays NaN. Numbers whose rounding
+    exceeds ``fmt.max`` (and +-inf) become +-max when ``saturate``, else +-inf
+    (NaN for a format without inf). ``saturate=None`` takes the format's
+    convention, as torch does: fn formats saturate, IEEE formats overflow to inf.
     """
     _check_values(x)
     _check_format(fmt)
@@ -255,8 +256,10 @@ def round_to_format(
     xd = x.double()
     a = xd.abs()
     spacing = _pow2(_exponent(a, fmt) - fmt.mantissa_bits)  # ulp at a (eq. 5)
-    r = torch.round(a / spacing) * spacing  # torch.round: half to even (eq. 6); a / spacing exact
-    overflow = r > fmt.max  # also a = inf; the rounding of eq. 6 is unbounded above (eq. 7)
+    # torch.round rounds half to even (eq. 6); a / spacing is exact
+    r = torch.round(a / spacing) * spacing
+    # also a = inf; the rounding of eq. 6 is unbounded above (eq. 7)
+    overflow = r > fmt.max
     beyond = fmt.max if saturate else (math.inf if fmt.has_inf else math.nan)
     r = torch.where(overflow, beyond, r)
     r = torch.where(torch.isnan(a), math.nan, r)

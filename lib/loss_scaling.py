@@ -61,11 +61,12 @@ def _check_and_scale(g, inv_scale):
 
 @triton.jit
 def _unscale_span(ptr, start, end, inv_scale, BLOCK: tl.constexpr):
-    """Unscale ptr[start:end] in place in blocks of BLOCK; return 1 if any element was inf/NaN.
+    """Unscale ptr[start:end] in blocks of BLOCK; 1 if an element was inf/NaN.
 
-    Full blocks load without a mask, and the hints say that their offsets are BLOCK-aligned
-    and the addresses 16-byte aligned (start is a multiple of CHUNK, each tensor starts
-    16-byte aligned), so the compiler emits 16-byte vector loads; the partial block is masked.
+    Full blocks load without a mask, and the hints say that their offsets are
+    BLOCK-aligned and the addresses 16-byte aligned (start is a multiple of CHUNK,
+    each tensor starts 16-byte aligned), so the compiler emits 16-byte vector
+    loads; the partial block is masked.
     """
     bad = tl.zeros((), tl.int32)
     n_full = (end - start) // BLOCK
@@ -88,7 +89,8 @@ def _unscale_and_check_kernel(
     table_ptr, found_inf_ptr, inv_scale_ptr, n_tensors,
     CHUNK: tl.constexpr, BLOCK_BYTES: tl.constexpr,
 ):
-    """One program per chunk of one tensor, for all tensors in one launch (multi-tensor apply).
+    """One program per chunk of one tensor, all tensors in one launch
+    (multi-tensor apply).
 
     table (int64): rows (address, numel, dtype code) for each tensor, then rows
     (tensor index, chunk start) for each program.
@@ -102,9 +104,10 @@ def _unscale_and_check_kernel(
     code = tl.load(table_ptr + 3 * tensor + 2)
     end = tl.minimum(start + CHUNK, numel)
     inv_scale = tl.load(inv_scale_ptr)
-    # the address becomes a typed pointer (one name per type: the compiler wants one type per
-    # variable across branches). Blocks are BLOCK_BYTES long, so the fp32 and 16-bit branches
-    # get differently sized blocks, each with its own 16-byte-vector layout.
+    # the address becomes a typed pointer (one name per type: the compiler wants
+    # one type per variable across branches). Blocks are BLOCK_BYTES long, so the
+    # fp32 and 16-bit branches get differently sized blocks, each with its own
+    # 16-byte-vector layout.
     if code == 0:
         ptr_fp32 = address.to(tl.pointer_type(tl.float32))
         bad = _unscale_span(ptr_fp32, start, end, inv_scale, BLOCK_BYTES // 4)
@@ -281,17 +284,18 @@ def update_scale(
 
 def _update_scale(scale, growth_tracker, found_inf, growth_factor, backoff_factor,
                   growth_interval):
-    """An inf/NaN multiplies the scale by ``backoff_factor`` and resets the count of good
-    steps; ``growth_interval`` good steps in a row multiply it by ``growth_factor`` (unless
-    that overflows fp32) and reset the count (eq. 11)."""
+    """An inf/NaN multiplies the scale by ``backoff_factor`` and resets the count
+    of good steps; ``growth_interval`` good steps in a row multiply it by
+    ``growth_factor`` (unless that overflows fp32) and reset the count
+    (eq. 11)."""
     found = found_inf.reshape(scale.shape) > 0
     good_steps = growth_tracker.reshape(scale.shape) + 1
     grow = ~found & (good_steps == growth_interval)
-    # products in float64, rounded once to the fp32 scale, as PyTorch's kernels compute them
+    # products in float64, rounded once to the fp32 scale, as in PyTorch
     grown = (scale.double() * growth_factor).float()
     backed_off = (scale.double() * backoff_factor).float()
-    new_scale = torch.where(found, backed_off,
-                            torch.where(grow & torch.isfinite(grown), grown, scale))
+    kept_or_grown = torch.where(grow & torch.isfinite(grown), grown, scale)
+    new_scale = torch.where(found, backed_off, kept_or_grown)
     scale.copy_(new_scale)
     tracker = torch.where(found | grow, torch.zeros_like(good_steps), good_steps)
     growth_tracker.copy_(tracker.reshape(growth_tracker.shape))
