@@ -16,7 +16,7 @@ the tree, D its depth.
 * :func:`train_medusa_heads` (eq. 8, Medusa-1): the base frozen, the heads trained with
   :func:`lib.training.train` on the sum of their cross-entropies weighted by 0.8^k;
   :func:`head_accuracy` measures their top-k accuracies.
-* :func:`medusa_generate`: decoding with the KV cache, the tree mask (eq. 9) and depth
+* :func:`medusa_generate`: decoding with the KV cache, the tree mask (eq. 10) and depth
   position ids, greedy (lossless) or typical acceptance (eqs. 13-14), returning the tokens
   and the statistics (accepted candidates per step, forward passes).
 """
@@ -24,6 +24,7 @@ the tree, D its depth.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -216,7 +217,8 @@ def train_medusa_heads(
 
 @torch.no_grad()
 def head_accuracy(base: TinyLM, heads: MedusaHeads, tokens: torch.Tensor, topk: int = 5,
-                  seq_len: int | None = None, batch_size: int = 64) -> torch.Tensor:
+                  seq_len: int | None = None, batch_size: int = 64,
+                  start: int = 0) -> torch.Tensor:
     """Top-1..top-``topk`` accuracies of the base (row 0) and of heads 1..K (rows 1..K).
 
     (K + 1, topk) float64: entry [k, j] is the fraction of positions t where the token
@@ -224,7 +226,8 @@ def head_accuracy(base: TinyLM, heads: MedusaHeads, tokens: torch.Tensor, topk: 
     positions. ``tokens`` is a stream (1-D), cut into consecutive windows of ``seq_len``
     inputs (default ``base.max_len``) so that each position counts once, or a batch of
     sequences (B, S), each one window of S - K - 1 inputs (e.g. the model's own
-    generations).
+    generations). ``start`` skips the first positions of every window: for generations
+    after a prompt of P tokens, ``start = P - 1`` counts only generated targets.
     """
     _check_pair(base, heads)
     check_positive_int(topk, "topk")
@@ -248,6 +251,9 @@ def head_accuracy(base: TinyLM, heads: MedusaHeads, tokens: torch.Tensor, topk: 
         check_tokens(tokens, min_len=seq_len + k + 1, vocab_size=base.vocab_size)
         starts = torch.arange(0, tokens.numel() - seq_len - k, seq_len)
         windows = tokens[starts[:, None] + torch.arange(seq_len + k + 1)]
+    check_int(start, "start", minimum=0)
+    if start >= seq_len:
+        raise ValueError(f"start={start} must be below the {seq_len} positions of a window")
     device = base.lm_head.weight.device
     hits = torch.zeros(k + 1, topk, dtype=torch.float64)
     with train_mode(base, False), train_mode(heads, False):
@@ -257,8 +263,8 @@ def head_accuracy(base: TinyLM, heads: MedusaHeads, tokens: torch.Tensor, topk: 
             logits = torch.cat([out.logits[None], heads(out.hidden)])  # (K + 1, B, T, V)
             top = logits.topk(topk, dim=-1).indices  # (K + 1, B, T, topk)
             found = (top == targets.transpose(0, 1)[..., None]).cumsum(-1).clamp_max(1)
-            hits += found.sum((1, 2)).double().cpu()
-    return hits / (len(windows) * seq_len)
+            hits += found[:, :, start:].sum((1, 2)).double().cpu()
+    return hits / (len(windows) * (seq_len - start))
 
 
 # ------------------------------------------------------------------------- decoding
@@ -282,7 +288,8 @@ class MedusaOutput:
 
     tokens (1, P + N); accepted[i]: candidates accepted at step i (the step yields
     accepted[i] + 1 tokens with its root); forward_passes: base forward passes, the prefill
-    included; steps: a :class:`MedusaStep` per step when traced.
+    included; steps: a :class:`MedusaStep` per step when traced; cpu_seconds: when
+    profiled, the process CPU seconds spent in each phase (see :func:`medusa_generate`).
     """
 
     tokens: torch.Tensor
@@ -290,6 +297,7 @@ class MedusaOutput:
     forward_passes: int
     new_tokens: int
     steps: list[MedusaStep] | None = None
+    cpu_seconds: dict[str, float] | None = None
 
     @property
     def tokens_per_forward(self) -> float:
@@ -300,6 +308,20 @@ class MedusaOutput:
     def tokens_per_step(self) -> float:
         """Mean tokens per verification step, Medusa's 'acceleration rate'."""
         return 1 + sum(self.accepted) / max(1, len(self.accepted))
+
+
+class _Laps:
+    """Process CPU seconds per phase, summed over the steps (does nothing when off)."""
+
+    def __init__(self, on: bool):
+        self.seconds: dict[str, float] | None = {} if on else None
+        self.last = time.process_time() if on else 0.0
+
+    def lap(self, phase: str) -> None:
+        if self.seconds is not None:
+            now = time.process_time()
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+            self.last = now
 
 
 def _resolve_tree(choices, heads: MedusaHeads, base: TinyLM) -> TreeBuffers:
@@ -353,6 +375,7 @@ def medusa_generate(
     posterior_threshold: float = 0.09,
     posterior_alpha: float = 0.3,
     trace: bool = False,
+    profile: bool = False,
 ) -> MedusaOutput:
     """Continue ``prompt`` (1, P) by ``max_new_tokens`` tokens with Medusa.
 
@@ -362,10 +385,14 @@ def medusa_generate(
     positions prefix + depth, then acceptance: greedy (``temperature=0``, eq. 13: the
     output equals plain greedy decoding) or typical (eq. 14 at ``temperature``, with
     Medusa's ``posterior_threshold`` epsilon and ``posterior_alpha`` delta; the root is
-    still the argmax, as in Medusa's default "fast" mode, so the decoder is deterministic).
+    still the argmax, as in Medusa's own ``medusa_generate``, so the decoder is deterministic).
     The cache then keeps the prefix and the accepted path. P + max_new_tokens must not
     exceed ``base.max_len`` (positions are absolute). ``trace`` records every step
-    (:class:`MedusaStep`) for drawing.
+    (:class:`MedusaStep`) for drawing. ``profile`` sums the process CPU seconds of each
+    phase into ``cpu_seconds``: "prefill", "draft" (root, heads, top-k, tree tokens),
+    "tree pass", "acceptance", "cache update" (``select_cache``, reading the accepted
+    tokens back) and "bookkeeping" (the rest of the loop). On a GPU, kernels run
+    asynchronously and their time lands in the phase that next waits for them.
     """
     _check_pair(base, heads)
     base.check_token_ids(prompt, "prompt")
@@ -380,17 +407,20 @@ def medusa_generate(
                                      minimum=0.0, maximum=1.0)
     posterior_alpha = check_real(posterior_alpha, "posterior_alpha", minimum=0.0, maximum=1.0)
     check_bool(trace, "trace")
+    check_bool(profile, "profile")
     full_tree = _resolve_tree(choices, heads, base)
     pruned: dict[int, TreeBuffers] = {}  # the tree cut at each depth
     seq = prompt[0].tolist()
-    out = MedusaOutput(prompt, [], 0, 0, [] if trace else None)
+    out = MedusaOutput(prompt, [], 0, 0, [] if trace else None, {} if profile else None)
     if max_new_tokens == 0:
         return out
+    laps = _Laps(profile)
     with train_mode(base, False), train_mode(heads, False):
         first = base(prompt, return_hidden=True, check_ids=False)  # the prefill
         out.forward_passes = 1
         past, logits, hidden = first.past, first.logits[0, -1], first.hidden[0, -1]
         new: list[int] = []
+        laps.lap("prefill")
         while True:
             root = int(logits.argmax())
             remaining = max_new_tokens - len(new)
@@ -406,20 +436,24 @@ def medusa_generate(
             top = heads(hidden).topk(tree.topk, dim=-1).indices  # (K, topk)
             flat = torch.cat([logits.new_tensor([root], dtype=torch.long), top.flatten()])
             tree_tokens = flat[tree.tree_indices]  # (T,)
+            laps.lap("draft")
             # tree_decoding: one pass, each node attending to the prefix and its ancestors
             step = base(tree_tokens[None], past=past, mask=tree.attn_mask,
                         position_ids=tree.position_ids + len(seq), return_hidden=True,
                         check_ids=False)
             out.forward_passes += 1
+            laps.lap("tree pass")
             # evaluate_posterior: the longest accepted path
             best, accepted = _evaluate_posterior(step.logits[0], tree_tokens,
                                                  tree.retrieve_indices, temperature,
                                                  posterior_threshold, posterior_alpha)
+            laps.lap("acceptance")
             # update_inference_inputs: keep the prefix and the accepted path in the cache
             nodes = tree.retrieve_indices[best, : accepted + 1]  # root first
             keep = torch.cat([torch.arange(len(seq), device=nodes.device), nodes + len(seq)])
             past = select_cache(step.past, keep)
             accepted_tokens = tree_tokens[nodes].tolist()
+            laps.lap("cache update")
             if trace:
                 out.steps.append(MedusaStep(len(seq), tree, tree_tokens.tolist(),
                                             nodes.tolist(), accepted))
@@ -427,8 +461,11 @@ def medusa_generate(
             new += accepted_tokens
             seq += accepted_tokens
             logits, hidden = step.logits[0, nodes[-1]], step.hidden[0, nodes[-1]]
+            laps.lap("bookkeeping")
             if len(new) >= max_new_tokens:
                 break
+    laps.lap("bookkeeping")  # the last root, when it needs no pass
+    out.cpu_seconds = laps.seconds
     out.new_tokens = max_new_tokens
     out.tokens = torch.cat([prompt, prompt.new_tensor(new[:max_new_tokens])[None]], dim=1)
     return out

@@ -83,9 +83,9 @@ class TreeBuffers:
     """The tensors that verify a tree of candidates in one forward pass (T = nodes + 1).
 
     attn_mask: bool (T, T), True where node i may attend to node j: j is i, an ancestor of
-    i, or the root (eq. 9). tree_indices: long (T,), node i's token is
+    i, or the root (eq. 10). tree_indices: long (T,), node i's token is
     ``candidates[tree_indices[i]]`` where ``candidates`` is the root token followed by the
-    flattened (heads x topk) top-k predictions (eq. 10). position_ids: long (T,), the depth
+    flattened (heads x topk) top-k predictions (eq. 9). position_ids: long (T,), the depth
     (root 0). retrieve_indices: long (leaves, max_depth + 1), each row the node ids of one
     root-to-leaf path, padded with -1. parents: long (T,), the parent node (-1 for the root).
     choices: the paths of nodes 1..T-1, in node order; topk: the ranks per depth.
@@ -123,6 +123,10 @@ def build_tree(choices: Sequence[Sequence[int]], topk: int) -> TreeBuffers:
     attn_mask rows [1000], [1100], [1010], [1101]; tree_indices [0, 1, 2, 3];
     position_ids [0, 1, 1, 2]; retrieve_indices [[0, 2, -1], [0, 1, 3]].
     An empty list gives the root alone (plain decoding: one token per step).
+    As Medusa's ``generate_medusa_buffers``: the same node order, mask, depths and -1
+    padding; the stride of tree_indices is ``topk`` (Medusa's is a fixed TOPK = 10) and
+    the rows of retrieve_indices list the leaves in node order (Medusa's from the last
+    choice backwards), which changes no accepted path.
     """
     paths = check_choices(choices, topk)
     node = {p: i + 1 for i, p in enumerate(paths)}  # node ids; the root is 0

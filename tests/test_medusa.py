@@ -5,6 +5,7 @@ distribution (chi-square), typical acceptance, bad input."""
 
 import itertools
 import math
+import time
 
 import numpy as np
 import pytest
@@ -293,6 +294,18 @@ def test_head_accuracy_against_a_loop():
     windows = torch.stack([stream[s : s + 15] for s in range(0, 85, 12)])
     torch.testing.assert_close(head_accuracy(base, heads, windows, topk=3), acc,
                                rtol=0, atol=1e-12)
+    # start=5 counts positions 5..11 of every window only: the loop's hits there
+    hits, count = torch.zeros(3, 3, dtype=torch.float64), 0
+    for x in windows:
+        out = base(x[None, :12], return_hidden=True)
+        rows = torch.cat([out.logits[None], heads(out.hidden)])
+        for t in range(5, 12):
+            count += 1
+            for k in range(3):
+                rank = (rows[k, 0, t] > rows[k, 0, t, x[t + k + 1]]).sum()
+                hits[k] += (torch.arange(3) >= rank).double()
+    torch.testing.assert_close(head_accuracy(base, heads, windows, topk=3, start=5),
+                               hits / count, rtol=0, atol=1e-12)
 
 
 # ------------------------------------------------ greedy Medusa equals greedy decoding
@@ -363,6 +376,25 @@ def test_greedy_medusa_is_greedy_decoding_trained_model(trained):
     assert torch.equal(out.tokens, base.generate(tokens[:5][None], 90))
     assert out.tokens_per_forward > 1.0 and medusa_generate(base, heads, tokens[:5][None],
                                                             0).tokens.shape == (1, 5)
+
+
+def test_profile_sums_the_phases_of_the_same_decoding():
+    """profile=True changes no token and times every phase of the loop; its phases add up
+    to the process CPU time of the whole call (the clock is read between phases only)."""
+    base, heads = perturbed(seed=2)
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    plain = medusa_generate(base, heads, prompt, 30, TREES[0])
+    start = time.process_time()
+    out = medusa_generate(base, heads, prompt, 30, TREES[0], profile=True)
+    total = time.process_time() - start
+    assert torch.equal(out.tokens, plain.tokens) and plain.cpu_seconds is None
+    assert set(out.cpu_seconds) == {"prefill", "draft", "tree pass", "acceptance",
+                                    "cache update", "bookkeeping"}
+    assert all(v >= 0 for v in out.cpu_seconds.values())
+    # the validation before the first lap is the only part outside the phases
+    assert sum(out.cpu_seconds.values()) <= total
+    assert sum(out.cpu_seconds.values()) > 0.5 * total
+    assert medusa_generate(base, heads, prompt, 0, profile=True).cpu_seconds == {}
 
 
 def test_greedy_medusa_with_the_triton_attention():
@@ -544,6 +576,12 @@ STREAM = torch.arange(200) % 11
         (lambda: head_accuracy(BASE, HEADS, STREAM[None, :4]), ValueError, r"tokens \(B, S\)"),
         (lambda: head_accuracy(BASE, HEADS, STREAM[None, None]), ValueError,
          "tokens must have 1 or 2 dimensions"),
+        (lambda: head_accuracy(BASE, HEADS, STREAM[None, :20], start=16), ValueError,
+         "start=16 must be below the 16 positions"),
+        (lambda: head_accuracy(BASE, HEADS, STREAM, start=-1), ValueError,
+         "start must be at least 0"),
+        (lambda: head_accuracy(BASE, HEADS, STREAM, start=1.5), TypeError,
+         "start must be an int"),
         # generation: the prompt, lengths, temperature, thresholds, trees, trace
         (lambda: medusa_generate(BASE, HEADS, PROMPT.repeat(2, 1), 3), ValueError,
          r"prompt must hold one sequence \(1, P\)"),
@@ -580,6 +618,8 @@ STREAM = torch.arange(200) % 11
          ValueError, "at most 128 fit"),
         (lambda: medusa_generate(BASE, HEADS, PROMPT, 3, trace=1), TypeError,
          "trace must be a bool"),
+        (lambda: medusa_generate(BASE, HEADS, PROMPT, 3, profile="yes"), TypeError,
+         "profile must be a bool"),
         (lambda: medusa_generate(TinyLM(TinyLMConfig(5, 32, 4, 1, 8)), HEADS, PROMPT, 3),
          ValueError, "do not fit base"),
         # trees from accuracies: rank, range, order, NaN, sizes
@@ -635,7 +675,7 @@ def test_lib_medusa_exports_the_chapter_api():
 def test_bench_medusa_parts():
     """The benchmark's pieces on a small random model (timings are printed, not tested)."""
     from lib.bench import commands
-    from lib.bench.medusa import acceptance, decode_times
+    from lib.bench.medusa import PHASES, acceptance, decode_times, step_profile
 
     assert "medusa" in commands()
     base, heads = perturbed(seed=1)
@@ -647,3 +687,9 @@ def test_bench_medusa_parts():
     times = decode_times(base, heads, prompts, 10, choices, repeats=2)
     assert set(times) == {"plain", "medusa"}
     assert all(len(t["wall"]) == 2 and len(t["cpu"]) == 2 for t in times.values())
+    costs = step_profile(base, heads, prompts, 10, choices, repeats=2)
+    assert set(costs) == {"plain step", "medusa step", "prefill", *PHASES}
+    assert costs["medusa step"] == pytest.approx(sum(costs[p] for p in PHASES))
+    assert all(v > 0 for k, v in costs.items() if k in ("plain step", "tree pass"))
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        step_profile(base, heads, prompts, 10, choices, repeats=0)

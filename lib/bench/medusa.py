@@ -6,8 +6,9 @@ text: the heads' top-1/top-5 accuracies; new tokens per base forward pass for tr
 several sizes grown from those accuracies, with greedy and typical acceptance (greedy
 output checked identical to plain greedy decoding); and the time to decode with Medusa and
 without, medians of 7 interleaved runs with their range, as wall-clock time and as CPU
-time of the process. On a CPU the model is chapter 9's quick model and runs on one thread;
-on CUDA a larger one, whose attention is the Triton kernel (``backend="auto"``).
+time of the process; on a CPU, also where a Medusa step's time goes (:func:`step_profile`,
+eq. 15). On a CPU the model is chapter 9's quick model and runs on one thread; on CUDA a
+larger one, whose attention is the Triton kernel (``backend="auto"``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..medusa import MedusaHeads, head_accuracy, medusa_generate, train_medusa_h
 from ..medusa_tree import grow_tree
 from ..training import train_lm
 from ..transformer import TinyLM
+from ..validate import check_positive_int
 from .ssm import summary
 
 SIZES = {  # chapter 9's quick model on a CPU; a larger one on a GPU
@@ -65,6 +67,43 @@ def decode_times(base: TinyLM, heads: MedusaHeads, prompts: Sequence[torch.Tenso
             times[name]["wall"].append(wall)
             times[name]["cpu"].append(cpu)
     return times
+
+
+PHASES = ("draft", "tree pass", "acceptance", "cache update", "bookkeeping")
+
+
+def step_profile(base: TinyLM, heads: MedusaHeads, prompts: Sequence[torch.Tensor],
+                 max_new_tokens: int, choices, repeats: int = 3) -> dict[str, float]:
+    """Process CPU seconds per decoding step: plain greedy decoding's, and each phase of
+    greedy Medusa's (:func:`lib.medusa.medusa_generate` with ``profile=True``).
+
+    After one warm-up of each, decodes every prompt ``repeats`` times both ways. Returns
+    "plain step" (``base.generate``'s CPU time over the new tokens it wrote), then for
+    Medusa the phases of :data:`PHASES` and their sum "medusa step", each over the number
+    of verification steps, and "prefill" per prompt: the costs c_plain and c_step of
+    eq. 15. CPU time, not wall-clock time: other programs on a loaded machine do not
+    inflate it (on a GPU it misses the kernels).
+    """
+    check_positive_int(repeats, "repeats")
+    medusa_generate(base, heads, prompts[0], max_new_tokens, choices)  # warm-up
+    base.generate(prompts[0], max_new_tokens)
+    totals = dict.fromkeys(("prefill", *PHASES), 0.0)
+    steps = 0
+    plain = 0.0
+    for _ in range(repeats):
+        for prompt in prompts:
+            out = medusa_generate(base, heads, prompt, max_new_tokens, choices, profile=True)
+            steps += len(out.accepted)
+            for phase, seconds in out.cpu_seconds.items():
+                totals[phase] += seconds
+            start = time.process_time()
+            base.generate(prompt, max_new_tokens)
+            plain += time.process_time() - start
+    result = {"plain step": plain / (repeats * len(prompts) * max_new_tokens)}
+    result.update({phase: totals[phase] / max(1, steps) for phase in PHASES})
+    result["medusa step"] = sum(result[phase] for phase in PHASES)
+    result["prefill"] = totals["prefill"] / (repeats * len(prompts))
+    return result
 
 
 def acceptance(base: TinyLM, heads: MedusaHeads, prompts: Sequence[torch.Tensor],
@@ -144,6 +183,12 @@ def bench_medusa(args) -> None:
             print(f"  tree of {size + 1:>2} nodes, {clock:>4}: plain "
                   f"{summary(times['plain'][clock])}, Medusa "
                   f"{summary(times['medusa'][clock])}: {ratio:.2f}x")
+    if not CUDA:  # process CPU time sees no GPU kernel
+        costs = step_profile(base, heads, prompts, n_new, grow_tree(acc[1:], 16))
+        print("\nCPU time per step, tree of 17 nodes: plain "
+              f"{costs['plain step'] * 1e3:.3f} ms; Medusa " + ", ".join(
+                  f"{phase} {costs[phase] * 1e3:.3f}" for phase in (*PHASES, "medusa step"))
+              + " ms")
 
 
 COMMANDS = {"medusa": bench_medusa}
