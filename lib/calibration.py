@@ -16,11 +16,15 @@ Reading order: the homography of a plane (:func:`homographies`), Zhang's method
 (:func:`zhang_init`: constraints on B, closed-form K, poses, distortion by least squares),
 and the refinement (:func:`calibrate_cameras`, :func:`calibrate`, :func:`solve_pnp`), which
 calls the solver of :mod:`lib.calibration_lm`. Stereo pairs, rigs, rectification and YAML
-files are in :mod:`lib.calibration_rig`. Everything runs in float64 on any device.
+files are in :mod:`lib.calibration_rig`, rendered boards and corner detection in
+:mod:`lib.chessboard`; their public functions (``render_chessboard``, ``detect_corners``,
+``stereo_calibrate``, ``calibrate_rig``, ``save_yaml``, ``load_yaml``...) can be imported
+from here too. Everything runs in float64 on any device.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 
@@ -37,6 +41,7 @@ from .calibration_camera import (
     intrinsics_vector,
     pad_views,
     project,
+    project_jacobian,
     project_points,
     rodrigues,
     rotation_to_rodrigues,
@@ -236,6 +241,18 @@ def _residual_fn(obj, img):
     return residuals
 
 
+def _jacobian_fn(obj, img):
+    """(intrinsics (C, 9), poses (C, V, 6)) -> the residuals of :func:`_residual_fn`, their
+    derivatives by the intrinsics (C, V, 2N, 9) and by the poses (C, V, 2N, 6), in closed
+    form (eq. cal-jacobian), in the layout of :func:`lib.calibration_lm.jacobian_blocks`."""
+    def jacobian(intr, pose):
+        proj, J_intr, J_pose = project_jacobian(obj, pose, intr[:, None])  # (C, V, N, 2, .)
+        r = (proj - img).transpose(-1, -2).flatten(-2)
+        return (r, J_intr.transpose(-3, -2).flatten(-3, -2),  # (C, V, [u..., v...], 9)
+                J_pose.transpose(-3, -2).flatten(-3, -2))
+    return jacobian
+
+
 def _results(obj, img, mask, intr, pose, image_sizes, iterations, counts):
     err2 = ((project(obj, pose, intr[:, None]) - img) ** 2).sum(-1) * mask  # (C, V, N)
     out = []
@@ -313,7 +330,7 @@ def calibrate_cameras(object_points, image_points, image_sizes, *, max_iteration
     _check_degenerate(ratio, valid, names)
     weights = torch.cat([mask, mask], -1).to(obj.dtype)
     fit = levenberg_marquardt(_residual_fn(obj, img), intr, pose, weights,
-                              max_iterations=max_iterations)
+                              max_iterations=max_iterations, jacobian=_jacobian_fn(obj, img))
     return _results(obj, img, mask, fit.shared, fit.local, sizes, fit.iterations, counts)
 
 
@@ -361,5 +378,22 @@ def solve_pnp(object_points, image_points, K, dist=None, *, max_iterations: int 
     weights = torch.cat([m, m], -1).to(DTYPE)
     fit = levenberg_marquardt(_residual_fn(O, Im), intr, pose, weights,
                               shared_free=torch.zeros(9, dtype=torch.bool, device=dev),
-                              max_iterations=max_iterations)
+                              max_iterations=max_iterations, jacobian=_jacobian_fn(O, Im))
     return fit.local[:, 0, :3], fit.local[:, 0, 3:]
+
+
+# The rest of chapter 10's API lives in the modules split off by idea; `from lib.calibration
+# import calibrate_rig` works too. Resolved on first use: lib.calibration_rig imports this
+# module, so importing it here at the top would be circular.
+_ELSEWHERE = {name: "chessboard" for name in (
+    "board_points", "board_views", "detect_corners", "random_board_poses", "render_chessboard")}
+_ELSEWHERE |= {name: "calibration_rig" for name in (
+    "calibrate_rig", "load_yaml", "save_yaml", "stereo_calibrate")}
+_ELSEWHERE |= {name: "calibration_epipolar" for name in (
+    "epipolar_lines", "rectify_map", "rectify_points", "stereo_rectify")}
+
+
+def __getattr__(name: str):
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(f".{_ELSEWHERE[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

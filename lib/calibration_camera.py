@@ -101,6 +101,59 @@ def project(X: torch.Tensor, pose: torch.Tensor, intr: torch.Tensor) -> torch.Te
     return xy * intr[..., None, :2] + intr[..., None, 2:4]
 
 
+def project_jacobian(X: torch.Tensor, pose: torch.Tensor, intr: torch.Tensor):
+    """:func:`project` and its derivatives by the chain rule (eq. cal-jacobian).
+
+    X (..., N, 3), pose (..., 6) as (rvec, tvec), intr (..., 9) -> pixels (..., N, 2),
+    d pixels / d intr (..., N, 2, 9) and d pixels / d pose (..., N, 2, 6). A rotation
+    vector moved by d moves R X by -[R X]_x J d, with J the left Jacobian of the rotation
+    (``I + b [r]_x + c [r]_x^2``, with Rodrigues' b and ``c = (1 - sin t / t) / t^2``,
+    eq. cal-left-jacobian). Tested against forward-mode autograd.
+    """
+    r, t = pose[..., :3], pose[..., 3:]
+    t2 = (r**2).sum(-1)[..., None, None]
+    small = t2 < 1e-8
+    t2_safe = torch.where(small, torch.ones_like(t2), t2)
+    th = torch.sqrt(t2_safe)
+    b = torch.where(small, 0.5 - t2 / 24, (1 - torch.cos(th)) / t2_safe)
+    c = torch.where(small, 1 / 6 - t2 / 120, (1 - torch.sin(th) / th) / t2_safe)
+    S = skew(r)
+    eye = torch.eye(3, dtype=r.dtype, device=r.device)
+    J_left = eye + b * S + c * (S @ S)  # (..., 3, 3)
+    RX = X @ rodrigues(r).transpose(-1, -2)  # (..., N, 3)
+    Xc = RX + t[..., None, :]
+    z = Xc[..., 2]
+    x, y = Xc[..., 0] / z, Xc[..., 1] / z  # (..., N)
+    fx, fy = intr[..., 0, None], intr[..., 1, None]
+    k1, k2, p1, p2, k3 = (intr[..., i, None] for i in range(4, 9))
+    r2 = x * x + y * y
+    radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    d_radial = k1 + r2 * (2 * k2 + 3 * k3 * r2)  # d radial / d r2
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    pixels = torch.stack([fx * xd + intr[..., 2, None], fy * yd + intr[..., 3, None]], -1)
+
+    one, zero = torch.ones_like(x), torch.zeros_like(x)
+    u_row = [xd, zero, one, zero, fx * x * r2, fx * x * r2 * r2, fx * 2 * x * y,
+             fx * (r2 + 2 * x * x), fx * x * r2**3]  # d u / d (fx .. k3), eq. cal-dist-ls
+    v_row = [zero, yd, zero, one, fy * y * r2, fy * y * r2 * r2, fy * (r2 + 2 * y * y),
+             fy * 2 * x * y, fy * y * r2**3]
+    J_intr = torch.stack([torch.stack(u_row, -1), torch.stack(v_row, -1)], -2)
+
+    cross = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y  # d xd / dy = d yd / dx
+    D = torch.stack([  # d (u, v) / d (x, y): the distortion's Jacobian, scaled by f
+        torch.stack([fx * (radial + 2 * x * x * d_radial + 2 * p1 * y + 6 * p2 * x),
+                     fx * cross], -1),
+        torch.stack([fy * cross,
+                     fy * (radial + 2 * y * y * d_radial + 6 * p1 * y + 2 * p2 * x)], -1),
+    ], -2)  # (..., N, 2, 2)
+    P = torch.stack([torch.stack([1 / z, zero, -x / z], -1),
+                     torch.stack([zero, 1 / z, -y / z], -1)], -2)  # d (x, y) / d Xc
+    dXc = torch.cat([-skew(RX) @ J_left[..., None, :, :],
+                     eye.expand(*RX.shape, 3)], -1)  # d Xc / d (rvec, tvec): (..., N, 3, 6)
+    return pixels, J_intr, D @ P @ dXc
+
+
 def intrinsics_vector(K: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
     """(fx, fy, cx, cy, k1, k2, p1, p2, k3) of K (..., 3, 3) and dist (..., 5) -> (..., 9)."""
     return torch.cat([K[..., 0, 0, None], K[..., 1, 1, None], K[..., 0, 2, None],
