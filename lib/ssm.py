@@ -1,22 +1,22 @@
-"""State space models: HiPPO, discretisation, the S4/S4D convolution kernel, and Mamba's
-selective scan (its sequential reference, a chunked PyTorch version and the public op).
+"""State space models: discretisation, the S4/S4D convolution kernel, and Mamba's selective
+scan (its sequential reference, a chunked PyTorch version and the public op).
 
-Chapter 8 (equation numbers refer to it). Gu, Dao, Ermon, Rudra & Ré (2020), "HiPPO";
-Gu, Goel & Ré (2022), "S4"; Gu, Gupta, Goel & Ré (2022), "S4D"; Gu & Dao (2023), "Mamba";
-Blelloch (1990), "Prefix sums and their applications".
+Chapter 8 (equation numbers refer to it). Gu, Goel & Ré (2022), "S4"; Gu, Gupta, Goel & Ré
+(2022), "S4D"; Gu & Dao (2023), "Mamba"; Blelloch (1990), "Prefix sums and their
+applications".
 
 The continuous SSM x' = A x + B u, y = C x + D u (eq. 1) is discretised with step dt into
 the recurrence x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k (eq. 8), which unrolls into a causal
-convolution y = K * u with K_l = C Ā^l B̄ (eq. 9). Sign convention: the HiPPO matrices are
-returned for x' = A x + B u (eigenvalues with negative real parts), i.e. the negative of
-the paper's A, as in the S4 code.
+convolution y = K * u with K_l = C Ā^l B̄ (eq. 9).
 
 Selective scan (Mamba, eqs. 11, 12): Δ, B and C depend on the time step, so there is no
 convolution; the recurrence is a scan with the associative combine of eq. 13.
 
-Module layout: HiPPO matrices -> discretisation -> kernels, recurrence and convolution ->
-online function approximation -> selective scan (reference, chunked, validation, public).
-The Triton kernels of the selective scan live in :mod:`lib.ssm_kernels`.
+Module layout: discretisation -> kernels, recurrence and convolution -> selective scan
+(reference, chunked, validation, public). The HiPPO matrices and the online function
+approximation live in :mod:`lib.hippo` (re-exported here: ``lib.ssm.hippo_legs`` is
+:func:`lib.hippo.hippo_legs`); the Triton kernels of the selective scan in
+:mod:`lib.ssm_kernels`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from .backend import resolve_backend
+from .hippo import (  # noqa: F401  (re-exported: the HiPPO part of the chapter's API)
+    MEASURES,
+    hippo_coefficients,
+    hippo_legs,
+    hippo_legt,
+    hippo_reconstruct,
+    legendre,
+)
 from .validate import (
     FLOAT_DTYPES,
     check_bool,
@@ -37,38 +45,7 @@ from .validate import (
     check_tensor,
 )
 
-MEASURES = ("legs", "legt")
 DISCRETIZATIONS = ("bilinear", "zoh", "euler")
-
-# ------------------------------------------------------------------------------ HiPPO
-
-
-def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """HiPPO-LegS (scaled Legendre, eq. 4): A (N, N), B (N,) in float64.
-
-    The coefficients of the history on [0, t] follow x' = (1/t) (A x + B f(t)), with
-    A_nk = -sqrt(2n+1) sqrt(2k+1) for n > k, -(n+1) for n = k, 0 for n < k; B_n = sqrt(2n+1).
-    """
-    check_positive_int(N, "N")
-    r = torch.sqrt(2 * torch.arange(N, dtype=torch.float64) + 1)
-    A = -torch.tril(r[:, None] * r[None, :], diagonal=-1)
-    A -= torch.diag(torch.arange(N, dtype=torch.float64) + 1)
-    return A, r.clone()
-
-
-def hippo_legt(N: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """HiPPO-LegT (translated Legendre, window 1, eq. 3): A (N, N), B (N,) in float64.
-
-    The coefficients of the last unit of time follow x' = A x + B f(t), with
-    A_nk = -sqrt(2n+1) sqrt(2k+1) times 1 for n >= k and (-1)^(n-k) for n < k;
-    B_n = sqrt(2n+1). For a window of length theta, use A / theta and B / theta.
-    """
-    check_positive_int(N, "N")
-    n = torch.arange(N, dtype=torch.float64)
-    r = torch.sqrt(2 * n + 1)
-    sign = torch.where(n[:, None] >= n[None, :], 1.0, (-1.0) ** (n[:, None] - n[None, :]))
-    return -r[:, None] * sign * r[None, :], r.clone()
-
 
 # ------------------------------------------------------------------------- discretisation
 
@@ -225,97 +202,6 @@ def ssm_convolve(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return y[..., :L]
 
 
-# ------------------------------------------------------------ online function approximation
-
-
-def legendre(N: int, x: torch.Tensor) -> torch.Tensor:
-    """Scaled Legendre polynomials sqrt(2n+1) P_n(x) for n < N: ``(N, *x.shape)``.
-
-    Bonnet's recurrence (n+1) P_{n+1} = (2n+1) x P_n - n P_{n-1}; the sqrt(2n+1) makes them
-    orthonormal for the uniform probability measure on [-1, 1].
-    """
-    check_positive_int(N, "N")
-    P = [torch.ones_like(x), x]
-    for n in range(1, N - 1):
-        P.append(((2 * n + 1) * x * P[n] - n * P[n - 1]) / (n + 1))
-    scale = torch.sqrt(2 * torch.arange(N, dtype=x.dtype, device=x.device) + 1)
-    return torch.stack(P[:N]) * scale.view(-1, *([1] * x.dim()))
-
-
-def hippo_coefficients(signal: torch.Tensor, N: int, measure: str = "legs",
-                       theta: float | None = None) -> torch.Tensor:
-    """Online HiPPO coefficients of a sampled signal: (L, N) float64, row k after sample k.
-
-    The signal is held constant over each unit step (sample j on (j, j+1]) and each step is
-    solved exactly (zero-order hold). ``"legt"``: window of ``theta`` samples (default L),
-    x' = (A x + B f) / theta. ``"legs"``: the whole history, x' = (A x + B f) / t; in
-    log-time tau = log t this is time-invariant, so step k is a ZOH step of length
-    log(k / (k - 1)) (the first step, of infinite length, lands on B f's equilibrium
-    -A^-1 B f = (f, 0, ..., 0)): row k is exactly the projection of the history.
-    """
-    check_tensor(signal, "signal", ndim=1)
-    check_positive_int(N, "N")
-    check_choice(measure, "measure", MEASURES)
-    L = signal.shape[0]
-    if L == 0:
-        raise ValueError("signal must have at least one sample")
-    f = signal.to(torch.float64)
-    x = torch.zeros(N, dtype=torch.float64, device=signal.device)
-    rows = []
-    if measure == "legt":
-        theta = float(L) if theta is None else check_real(theta, "theta", minimum=0, strict=True)
-        A_bar, B_bar = discretize(*hippo_legt(N), 1.0 / theta, "zoh")
-        A_bar, B_bar = A_bar.to(x.device), B_bar.to(x.device)
-        for k in range(L):
-            x = A_bar @ x + B_bar * f[k]
-            rows.append(x)
-        return torch.stack(rows)
-    A, B = (t.to(x.device) for t in hippo_legs(N))
-    block = torch.zeros(L - 1, N + 1, N + 1, dtype=torch.float64, device=x.device)
-    block[:, :N, :N], block[:, :N, N] = A, B
-    steps = torch.log(torch.arange(2, L + 1, dtype=torch.float64) / torch.arange(1, L))
-    expm = torch.linalg.matrix_exp(steps.to(x.device)[:, None, None] * block)  # (L-1, N+1, N+1)
-    x = -torch.linalg.solve(A, B) * f[0]
-    rows.append(x)
-    for k in range(1, L):
-        x = expm[k - 1, :N, :N] @ x + expm[k - 1, :N, N] * f[k]
-        rows.append(x)
-    return torch.stack(rows)
-
-
-def hippo_reconstruct(signal: torch.Tensor, N: int, measure: str = "legs",
-                      t: int | None = None, theta: float | None = None,
-                      coefficients: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the HiPPO state remembers at step t (default L): (positions, reconstruction).
-
-    Evaluates f(s) ~ sum_n c_n sqrt(2n+1) P_n(x(s)) (eq. 2) at the sample midpoints
-    s = j + 1/2 of the window the measure covers: the whole history [0, t] for LegS
-    (x = 2s/t - 1), the last theta samples for LegT (x = 2(s - t)/theta + 1). Returns the
-    sample indices j (long) and the reconstructed values (float64). ``coefficients``: the
-    (L, N) output of :func:`hippo_coefficients` for these arguments, to reuse it across t.
-    """
-    L = check_tensor(signal, "signal", ndim=1).shape[0]
-    if coefficients is None:
-        coefficients = hippo_coefficients(signal, N, measure, theta)
-    elif coefficients.shape != (L, N):
-        raise ValueError(f"coefficients must have shape ({L}, {N}), got "
-                         f"{tuple(coefficients.shape)}")
-    t = L if t is None else t
-    check_positive_int(t, "t")
-    if t > L:
-        raise ValueError(f"t must be at most the signal length {L}, got {t}")
-    if measure == "legs":
-        j = torch.arange(t, device=signal.device)
-        x = 2 * (j + 0.5) / t - 1
-    else:
-        theta = float(L) if theta is None else float(theta)
-        j = torch.arange(max(0, math.ceil(t - theta)), t, device=signal.device)
-        x = 2 * (j + 0.5 - t) / theta + 1
-    values = coefficients[t - 1] @ legendre(N, x.to(torch.float64))
-    return j, values
-
-
 # ------------------------------------------------------------ selective scan: reference
 
 
@@ -387,12 +273,13 @@ class _ChunkedScan(torch.autograd.Function):
         pad = n_chunks * T - L  # past L: Δ = 0, so a = 1 and b = 0 carry the state unchanged
 
         def by_position(t):  # (batch, X, L) -> (T, batch, X, n_chunks)
-            t = F.pad(t, (0, pad)).view(t.shape[0], t.shape[1], n_chunks, T)
-            return t.permute(3, 0, 1, 2).contiguous()
+            t = F.pad(t, (0, pad)) if pad else t
+            return t.reshape(t.shape[0], t.shape[1], n_chunks, T).permute(3, 0, 1, 2)
 
-        dt_p, u_p = by_position(dt), by_position(u)
-        B_p = by_position(B).transpose(2, 3)[:, :, None]  # (T, batch, 1, n_chunks, N)
-        C_p = by_position(C).transpose(2, 3)[:, :, None]
+        dt_p, u_p = by_position(dt).contiguous(), by_position(u).contiguous()
+        # (T, batch, 1, n_chunks, N), contiguous: broadcast products run several times faster
+        B_p = by_position(B).permute(0, 1, 3, 2).contiguous()[:, :, None]
+        C_p = by_position(C).permute(0, 1, 3, 2).contiguous()[:, :, None]
         a = torch.exp(dt_p[..., None] * A[:, None, :])  # Ā_l = exp(Δ_l A)
         b = (dt_p * u_p)[..., None] * B_p  # B̄_l u_l = Δ_l B_l u_l
         # (1) every chunk from a zero state, keeping only its total B_c (A_c = prod of a)
@@ -404,16 +291,13 @@ class _ChunkedScan(torch.autograd.Function):
         x_in = [torch.zeros_like(b_tot[:, :, 0])]
         for c in range(n_chunks - 1):
             x_in.append(torch.addcmul(b_tot[:, :, c], a_tot[:, :, c], x_in[-1]))
-        # (3) every chunk again from its true initial state (eq. 14), reading out y = C x;
-        # the states are kept only when a gradient will be needed
-        x, xs, ys = torch.stack(x_in, dim=2), [], []
+        # (3) every chunk again from its true initial state (eq. 14), then y = C x at once
+        xs, x = torch.empty_like(b), torch.stack(x_in, dim=2)
         for t in range(T):
-            x = torch.addcmul(b[t], a[t], x)
-            ys.append((x * C_p[t]).sum(-1))
-            xs.append(x)
-        y = torch.stack(ys, dim=-1).reshape(batch, dim, -1)[:, :, :L]
+            x = torch.addcmul(b[t], a[t], x, out=xs[t])
+        y = (xs * C_p).sum(-1).permute(1, 2, 3, 0).reshape(batch, dim, -1)[:, :, :L]
         if any(ctx.needs_input_grad):
-            ctx.save_for_backward(a, b, torch.stack(xs), dt_p, u_p, B_p, C_p, A)
+            ctx.save_for_backward(a, b, xs, dt_p, u_p, B_p, C_p, A)
         ctx.L = L
         return y, x[:, :, -1]
 
@@ -422,23 +306,25 @@ class _ChunkedScan(torch.autograd.Function):
         a, b, x, dt_p, u_p, B_p, C_p, A = ctx.saved_tensors
         T, batch, dim, n_chunks, N = x.shape
         pad = n_chunks * T - ctx.L
-        dy = F.pad(dy, (0, pad)).view(batch, dim, n_chunks, T).permute(3, 0, 1, 2)
-        c = C_p * dy[..., None]  # dLoss/dx_l through y_l
-        # the adjoint g_l = c_l + a_{l+1} g_{l+1} (eq. 15), as the forward but reversed:
-        # (1) inside each chunk from a zero carry
-        h = [c[-1]]
+        dy = F.pad(dy, (0, pad)) if pad else dy
+        dy = dy.reshape(batch, dim, n_chunks, T).permute(3, 0, 1, 2).contiguous()
+        # the adjoint g_l = c_l + a_{l+1} g_{l+1} (eq. 15) with c_l = C_l dy_l, dLoss/dx_l
+        # through y_l; as the forward but reversed: (1) inside each chunk from a zero carry
+        h = C_p * dy[..., None]  # c, turned into h in place
         for t in range(T - 2, -1, -1):
-            h.append(torch.addcmul(c[t], a[t + 1], h[-1]))
-        h = torch.stack(h[::-1])
+            h[t].addcmul_(a[t + 1], h[t + 1])
         # suffix products P_t = a_{t+1} ... a_{T-1}: how a carry at the chunk's end reaches t
-        P = torch.cat([a[1:].flip(0).cumprod(0).flip(0), torch.ones_like(a[:1])])
+        P = torch.empty_like(a)
+        P[-1] = 1
+        for t in range(T - 2, -1, -1):
+            torch.mul(P[t + 1], a[t + 1], out=P[t])
         # (2) the gradient reaching each chunk's last state from later chunks
         carry = [torch.zeros_like(h[0, :, :, 0]) if dlast is None else dlast.to(h.dtype)]
         for k in range(n_chunks - 1, 0, -1):
             carry.append(a[0, :, :, k] * torch.addcmul(h[0, :, :, k], P[0, :, :, k], carry[-1]))
-        g = torch.addcmul(h, P, torch.stack(carry[::-1], dim=2))  # (3) dLoss/dx_l
+        g = h.addcmul_(P, torch.stack(carry[::-1], dim=2))  # (3) dLoss/dx_l
         # chain rule through a = exp(Δ A) and b = Δ B u; a_l x_{l-1} = x_l - b_l
-        g_log_a = g * (x - b)
+        g_log_a = torch.sub(x, b).mul_(g)
         gB = (g * B_p).sum(-1)  # (T, batch, dim, n_chunks)
         d_dt = (g_log_a * A[:, None, :]).sum(-1) + gB * u_p
         d_A = (g_log_a * dt_p[..., None]).sum((0, 1, 3))

@@ -15,8 +15,9 @@ each independent of the others. A program keeps its N states in registers and wa
 chunks of BLOCK_L steps. Per chunk it loads u, delta, z (BLOCK_L values, contiguous) and
 B, C (BLOCK_N x BLOCK_L tiles, contiguous along L), forms the pairs (a_l, b_l), and runs
 ``tl.associative_scan`` along L with the combine (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)
-(eq. 13): the scan is parallel across the chunk, and the state carried in from the previous
-chunk enters as x_l = A_l x_in + B_l (eq. 14). The carried state is written to HBM once per
+(eq. 13): the scan is parallel across the chunk, giving for each position l the pair
+(alpha_l, beta_l) of the chunk's steps up to l, and the state carried in from the previous
+chunk enters as x_l = alpha_l x_in + beta_l (eq. 14). The carried state is written to HBM once per
 chunk (a checkpoint, (batch, dim, n_chunks, N) fp32): the backward kernel restarts each
 chunk from it instead of reading all L states, which are never stored (Mamba's
 recomputation).
