@@ -4,19 +4,23 @@ Chapter 11. Reads top to bottom:
 
 * :func:`pitchyaw_to_vector` and :func:`vector_to_pitchyaw`: (pitch, yaw) in
   radians and 3-D directions, with the formula of GazeML's and ETH-XGaze's
-  ``pitchyaw_to_vector``, v = (cos p sin y, sin p, cos p cos y) (eq. gaze-vector).
+  ``pitchyaw_to_vector``, v = (cos p sin y, sin p, cos p cos y) (eq. 1).
   The gaze itself, from the eye to what it looks at, is g = -v in the normalised
   camera frame (x right, y down, z away from the camera): (0, 0) looks into the
   camera, positive pitch looks up and positive yaw towards the image's left
   (:mod:`lib.eyes` renders exactly this).
 * :func:`angular_error`: the angle between two directions in degrees, as atan2 of
-  the norm of the cross product and the dot product (eq. gaze-atan2), accurate at
+  the norm of the cross product and the dot product (eq. 4), accurate at
   0 and 180 degrees where the arccos of the cosine is not.
-* Losses on angles: :func:`l1` (eq. gaze-l1), :func:`laplace_nll` with a predicted
-  scale (eq. gaze-laplace) and Gaze360's :func:`pinball` loss on the 10% and 90%
-  quantiles (eq. gaze-pinball).
+* Losses on angles: :func:`l1` (eq. 6), :func:`laplace_nll` with a predicted
+  scale (eq. 7) and Gaze360's :func:`pinball` loss on the 10% and 90%
+  quantiles (eq. 9).
 * :class:`GazeNet`: a small CNN from 36 x 60 grayscale eye crops (MPIIGaze's
   size) to (pitch, yaw) and a Laplace scale per angle.
+
+Equation numbers are those of chapter 11. ETH-XGaze and GazeML label the gaze g
+with these angles too; Gaze360 stores (yaw, pitch) of g in an eye frame with x
+left and y up, which after flipping x and y is the same g = -v.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 def pitchyaw_to_vector(pitchyaw: torch.Tensor) -> torch.Tensor:
     """(pitch, yaw), radians -> unit vectors v = (cos p sin y, sin p, cos p cos y).
 
-    pitchyaw (..., 2) -> (..., 3), eq. (gaze-vector), in pitchyaw's dtype
+    pitchyaw (..., 2) -> (..., 3), eq. (1), in pitchyaw's dtype
     (computed in float32 for half precision). v = R_y(yaw) R_x(-pitch) (0, 0, 1):
     tilt the forward axis by the pitch, then turn it about the vertical axis by
     the yaw. The gaze from the eye is -v (see the module's docstring).
@@ -80,7 +84,7 @@ def vector_to_pitchyaw(v: torch.Tensor) -> torch.Tensor:
     """Directions (..., 3) of any non-zero length -> (pitch, yaw) (..., 2) radians.
 
     pitch = atan2(v_y, hypot(v_x, v_z)) in [-pi/2, pi/2] and yaw = atan2(v_x, v_z)
-    in [-pi, pi] (eq. gaze-inverse). atan2 rather than arcsin(v_y / norm(v)):
+    in [-pi, pi] (eq. 2). atan2 rather than arcsin(v_y / norm(v)):
     arcsin has an infinite slope at pitch +-90 degrees, so it loses half the
     digits there, and it needs v normalised first. At the poles (v_x = v_z = 0)
     yaw is undefined: it is returned as 0 with a zero gradient instead of
@@ -104,8 +108,8 @@ def vector_to_pitchyaw(v: torch.Tensor) -> torch.Tensor:
 def angular_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Angle between directions a and b, degrees: (..., 3), (..., 3) -> (...).
 
-    atan2(norm(a x b), a . b) (eq. gaze-atan2) is exact to rounding at every
-    angle, where arccos(a . b / (norm(a) norm(b))) (eq. gaze-arccos) cannot
+    atan2(norm(a x b), a . b) (eq. 4) is accurate to a few ulps (radians) at
+    every angle, where arccos(a . b / (norm(a) norm(b))) (eq. 3) cannot
     resolve angles below about 0.02 degrees in float32, needs clipping into
     [-1, 1] and has an infinite slope at 0 and 180 degrees. Any non-zero lengths;
     a and b broadcast and live on one device. Half precision is computed and
@@ -158,7 +162,7 @@ def _check_loss_inputs(pred, target, **scales) -> None:
 
 
 def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error: the mean of abs(target - pred) (eq. gaze-l1).
+    """Mean absolute error: the mean of abs(target - pred) (eq. 6).
 
     pred, target (..., 2) (pitch, yaw) in radians, or any equal shapes -> a
     scalar. The maximum-likelihood loss of a Laplace error of a fixed scale.
@@ -171,9 +175,10 @@ def laplace_nll(pred: torch.Tensor, target: torch.Tensor,
                 scale: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of target under Laplace(pred, scale).
 
-    Per element log(2 b) + abs(target - pred) / b (eq. gaze-laplace), with
+    Per element log(2 b) + abs(target - pred) / b (eq. 7), with
     b = scale > 0 in the angles' units, broadcast to pred's shape (..., 2).
-    A scalar. For one sample the optimum over b is b = abs(target - pred).
+    A scalar. For one sample the optimum over b is b = abs(target - pred); over
+    samples alike, the mean absolute residual (eq. 8).
     """
     _check_loss_inputs(pred, target, scale=scale)
     if not (scale > 0).all():
@@ -185,12 +190,12 @@ def pinball(pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor,
             tau: float = 0.1) -> torch.Tensor:
     """Gaze360's pinball loss: pred -+ sigma as the tau and 1 - tau quantiles.
 
-    With rho_t(u) = max(t u, (t - 1) u) (eq. gaze-pinball), the loss is
+    With rho_t(u) = max(t u, (t - 1) u) (eq. 9), the loss is
     mean rho_tau(target - (pred - sigma)) + mean rho_(1-tau)(target - (pred +
     sigma)), each mean over every element, as Gaze360's ``PinBallLoss`` computes
-    it (tau = 0.1: the 10% and 90% quantiles). sigma >= 0 broadcasts to pred's
-    shape (Gaze360 predicts one sigma for both angles); pred, target (..., 2);
-    0 < tau < 0.5. A scalar.
+    it (tau = 0.1: the 10% and 90% quantiles, pred -+ b ln 5 for Laplace errors
+    of scale b, eq. 10). sigma >= 0 broadcasts to pred's shape (Gaze360 predicts
+    one sigma for both angles); pred, target (..., 2); 0 < tau < 0.5. A scalar.
     """
     _check_loss_inputs(pred, target, sigma=sigma)
     tau = check_real(tau, "tau", minimum=0.0, maximum=0.5, strict=True)

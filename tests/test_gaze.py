@@ -62,6 +62,28 @@ def test_signs_of_the_convention():
         random_pitchyaw(100)), dim=-1), torch.ones(100, dtype=F64), rtol=0, atol=1e-15)
 
 
+def test_labels_of_eth_xgaze_and_gaze360_mean_our_angles():
+    # The gaze g from the eye is -v. ETH-XGaze (normalization_example.py) labels g with
+    # (arcsin(-g_y), arctan2(-g_x, -g_z)); Gaze360 (data_loader.py) labels g, expressed
+    # in its eye frame (x left, y up, z away), with (atan2(g_x, -g_z), asin(g_y)) in
+    # the order (yaw, pitch). Both must give back our (pitch, yaw).
+    py = random_pitchyaw(500, seed=11)
+    py = py[py[:, 0].abs() < 1.5]  # off the poles, where the yaw is defined
+    g = -pitchyaw_to_vector(py)
+    eth = torch.stack([torch.asin(-g[:, 1]), torch.atan2(-g[:, 0], -g[:, 2])], -1)
+    h = g * torch.tensor([-1.0, -1.0, 1.0], dtype=F64)  # Gaze360's eye frame
+    g360 = torch.stack([torch.atan2(h[:, 0], -h[:, 2]), torch.asin(h[:, 1])], -1)
+    for labels in (eth, g360.flip(-1)):
+        torch.testing.assert_close(labels[:, 0], py[:, 0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(wrap(labels[:, 1] - py[:, 1]),
+                                   torch.zeros_like(py[:, 1]), rtol=0, atol=1e-12)
+    # and Gaze360's run.py maps its labels back to g itself, in its frame
+    yaw, pitch = g360.unbind(-1)
+    back = torch.stack([pitch.cos() * yaw.sin(), pitch.sin(), -pitch.cos() * yaw.cos()],
+                       -1)
+    torch.testing.assert_close(back, h, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype, atol", [(F64, 1e-12), (torch.float32, 2e-6)])
 def test_angles_round_trip(dtype, atol):
     # atol: a few units in the last place of the angles (atan2 is well conditioned)
