@@ -69,32 +69,46 @@ _GPU_CONFIGS = {
         128: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
         256: dict(BLOCK_M=64, BLOCK_N=16, BLOCK_DO=32, num_warps=8, num_stages=2),
     },
+    # fp32, tuned over every head dim of a padded size (16; 24, 32; 40, 64; 80..128),
+    # causal or not, by python -m lib.bench compile-sweep
     "fwd/fp32": {
-        64: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        16: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        32: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        64: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
         128: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
     },
     "dkdv/fp32": {
-        64: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=3),
+        16: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
+        32: dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=3),
+        64: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
         128: dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=3),
     },
     "dq/fp32": {
+        16: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=3),
+        32: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=3),
         64: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=3),
         128: dict(BLOCK_M=16, BLOCK_N=64, num_warps=8, num_stages=3),
     },
     "fwd+mask/fp32": {
-        64: dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=3),
-        128: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
+        16: dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=3),
+        32: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        64: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
+        128: dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2),
     },
     "dkdv+mask/fp32": {
+        16: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
+        32: dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=3),
         64: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=3),
         128: dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=3),
     },
     "dq+mask/fp32": {
-        64: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=3),
-        128: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=3),
+        16: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=3),
+        32: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=3),
+        64: dict(BLOCK_M=16, BLOCK_N=64, num_warps=8, num_stages=3),
+        128: dict(BLOCK_M=16, BLOCK_N=64, num_warps=8, num_stages=3),
     },
 }
-_GPU_CONFIGS = {k: {16: v[64], 32: v[64], **v} for k, v in _GPU_CONFIGS.items()}
+_GPU_CONFIGS = {k: {16: v[64], 32: v[64]} | v for k, v in _GPU_CONFIGS.items()}
 
 
 def kernel_supports(dtype: torch.dtype, d: int) -> bool:
@@ -260,7 +274,7 @@ AOT_VARIANTS = (
     + [("fp16", d, False, False) for d in (64, 128)]
     + [("fp16", d, True, True) for d in (64, 128, 256)]
     + [("bf16", 64, True, False)]
-    + [("fp32", d, True, False) for d in (64, 128)]
+    + [("fp32", d, True, False) for d in (32, 64, 128)]
     + [("fp16", d, True, False) for d in (40, 80, 96)]
 )
 

@@ -68,8 +68,8 @@ def test_every_attention_launch_is_compiled_with_hints(reports):
     rows = [r for r in reports if r.name.startswith("attn_")]
     assert rows and all(r.launch_hints for r in rows)
     variants = {r.name.split(" ", 1)[1] for r in rows}
-    for wanted in ("fp16 d=40 causal", "fp16 d=80 causal",
-                   "fp16 d=96 causal", "fp16 d=64 full", "bf16 d=64 causal"):
+    for wanted in ("fp32 d=32 causal", "fp32 d=128 causal", "fp16 d=40 causal",
+                   "fp16 d=80 causal", "fp16 d=96 causal", "fp16 d=64 full", "bf16 d=64 causal"):
         assert wanted in variants
 
 
