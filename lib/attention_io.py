@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import _check_inputs
-from .attention_kernels import _key_range, on_host
+from .attention_kernels import _key_range, _keys_end, on_host
 from .validate import check_bool, check_callable, check_int, check_positive_int
 
 _key_range_on_host = on_host(_key_range)  # the kernel's tile rule, as plain Python
+_keys_end_on_host = on_host(_keys_end)  # the kernel's causal rule, as plain Python
 
 
 @dataclass
@@ -60,9 +61,9 @@ def attention_tiled(
     block Q_i (read once), sweep the key blocks K_j, V_j (read once per query block),
     keeping the running max m, normaliser l and unnormalised output acc (eqs. 3-5); store
     O_i = acc / l and L_i = m + log l once. Causal tiles entirely above the (bottom-right)
-    diagonal are skipped, by the kernel's own rule. Only small (B, H, block_m, block_n)
-    score tiles ever exist: the extra memory is O(B H block_m (block_n + d)), not
-    O(B H Nq Nk).
+    diagonal are skipped and the diagonal tiles masked, by the kernel's own rules. Only
+    small (B, H, block_m, block_n) score tiles ever exist: the extra memory is
+    O(B H block_m (block_n + d)), not O(B H Nq Nk).
 
     on_tile: optional callback ``on_tile(i, j, m, l, traffic)`` after each tile, with the
     block indices, the running state m, l (B, H, block_m) fp32 and the traffic so far.
@@ -89,7 +90,8 @@ def attention_tiled(
             s = scale * (q_i @ k_j.transpose(-2, -1))  # (B, H, bm, bn): one score tile
             if causal:
                 cols = torch.arange(k0, k0 + k_j.shape[-2], device=q.device)
-                s = s.masked_fill(cols[None, :] > rows[:, None] + (n_k - n_q), -math.inf)
+                hidden = cols[None, :] >= _keys_end_on_host(rows[:, None], n_q, n_k)
+                s = s.masked_fill(hidden, -math.inf)
             # online softmax (eq. 5): rescale the old state to the new running max
             m_new = torch.maximum(m, s.amax(-1))
             m_ref = torch.where(m_new == -math.inf, 0.0, m_new)  # fully masked row so far
