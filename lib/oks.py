@@ -3,7 +3,7 @@
 Chapter 12 evaluates single-person pose estimators with them, chapter 13 multi-person ones.
 
 * :func:`oks`: the object keypoint similarity, as ``cocoeval.computeOks`` defines it
-  (chapter 12, eq. rle-oks), broadcast over batches.
+  (chapter 12, eq. 1), broadcast over batches.
 * :func:`greedy_match`, :func:`average_precision` and :func:`oks_ap`: COCO's keypoint AP
   averaged over the OKS thresholds 0.50:0.05:0.95, with cocoeval's greedy matching by
   score and its 101-point interpolated precision (``evaluate`` + ``accumulate``).

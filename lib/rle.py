@@ -1,18 +1,21 @@
 """Residual log-likelihood estimation (RLE) for pose regression, and its two rivals.
 
-Chapter 12. Reads top to bottom:
+Chapter 12 (equation numbers are that chapter's). Reads top to bottom:
 
 * :class:`RealNVP`: a normalizing flow on R^d (d = 2 for a joint's (x, y) residual):
-  affine coupling layers with alternating masks (eqs. rle-coupling, rle-logdet);
-  ``log_prob`` by the change of variables (eq. rle-cov), ``sample`` by the inverse.
-* :func:`rle_loss`: the RLE loss (eq. rle-loss): with x_bar = (x - mu) / sigma, per joint
+  affine coupling layers with alternating masks (eqs. 7 and 8);
+  ``log_prob`` by the change of variables (eq. 6), ``sample`` by the inverse.
+* :func:`rle_loss`: the RLE loss (eq. 11): with x_bar = (x - mu) / sigma, per joint
   sum_c log sigma_c - log G_phi(x_bar) - sum_c log Q(x_bar_c), Q a standard Laplace or
-  Gaussian (the last term dropped with ``residual=False``).
+  Gaussian (the last term dropped with ``residual=False``); :func:`log_normaliser` the
+  ``log s`` term that eq. 11 drops, by Monte Carlo.
 * Heatmaps: :func:`render_heatmaps` (Gaussian targets), :func:`heatmap_argmax`
-  (quantised to the heatmap grid, eq. rle-quant) and :func:`soft_argmax` (eq.
-  rle-softargmax, differentiable, sub-pixel).
-* :class:`PoseNet`: one small CNN backbone with one of four heads: ``"l1"`` regression,
-  ``"rle"`` regression (mu and sigma, :class:`RegressionHead`), ``"heatmap"`` (argmax
+  (quantised to the heatmap grid, eq. 2) and :func:`soft_argmax` (eq. 3,
+  differentiable, sub-pixel).
+* :class:`PoseNet`: one small CNN backbone with one of five heads: ``"l1"`` regression,
+  ``"laplace"``, ``"rle"`` and ``"rle_logs"`` regression (mu and sigma,
+  :class:`RegressionHead`; the first is RLE without the flow, a heteroscedastic Laplace,
+  the last RLE with the normaliser of :func:`log_normaliser`), ``"heatmap"`` (argmax
   decoding) and ``"integral"`` (soft-argmax decoding); :func:`pose_loss` is the loss of
   each head and :meth:`PoseNet.predict` its decoding to pixels and a per-person score.
 * :func:`noisy_labels`: the chapter's heteroscedastic annotation noise.
@@ -34,7 +37,9 @@ from torch import nn
 from .validate import check_bool, check_choice, check_int, check_real, check_tensor
 
 FLOATS = (torch.float32, torch.float64)
-HEADS = ("l1", "rle", "heatmap", "integral")
+HEADS = ("l1", "laplace", "rle", "rle_logs", "heatmap", "integral")
+REGRESSION_HEADS = ("l1", "laplace", "rle", "rle_logs")
+FLOW_HEADS = ("rle", "rle_logs")
 
 # ------------------------------------------------------------------------------ the flow
 
@@ -50,7 +55,7 @@ class RealNVP(nn.Module):
 
     Layer i keeps the coordinates where ``mask[i]`` is 1 and transforms the others:
     y = m * x + (1 - m) * (x * exp(s(m * x)) + t(m * x))   (sampling direction, latent
-    to data; eq. rle-coupling), whose ``log |det|`` is ``sum (1 - m) * s`` (eq. rle-logdet).
+    to data; eq. 7), whose ``log |det|`` is ``sum (1 - m) * s`` (eq. 8).
     s ends in tanh (bounded scales), t is linear; masks alternate between the two halves
     of the coordinates (for d = 2: keep x, then keep y, ...). The base density is a
     standard normal. Weights start small (Xavier with gain 0.01, as in the official RLE
@@ -101,7 +106,7 @@ class RealNVP(nn.Module):
         return x
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log G(x) = log N(f(x); 0, I) + log |det df/dx|`` (eq. rle-cov). (..., d) -> (...)."""
+        """``log G(x) = log N(f(x); 0, I) + log |det df/dx|`` (eq. 6). (..., d) -> (...)."""
         z, log_det = self(x)
         return -0.5 * (z**2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi) + log_det
 
@@ -130,7 +135,7 @@ def rle_loss(
     q: str = "laplace",
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """RLE's negative log-likelihood (eq. rle-loss), averaged over B * K joints.
+    """RLE's negative log-likelihood (eq. 11), averaged over B * K joints.
 
     mu, sigma, target (B, K, 2), sigma > 0; flow: any object with ``log_prob(z)``
     mapping (..., 2) to (...). With x_bar = (target - mu) / sigma, the loss of joint
@@ -172,6 +177,39 @@ def rle_loss(
     return nll.mean()
 
 
+def _sample_q(q: str, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """n samples (n, 2) of the standard Laplace or Gaussian Q, on the CPU."""
+    if q == "gaussian":
+        return torch.randn(n, 2, generator=generator)
+    u = torch.rand(n, 2, generator=generator) - 0.5  # inverse CDF of the Laplace
+    return -torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-7))
+
+
+def log_normaliser(flow, q: str = "laplace", n: int = 512,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """``log of the integral of Q G``, the ``-log s`` that eq. 11 drops (eq. 10).
+
+    Monte Carlo: the integral of Q G is the mean of G(z) over samples z of Q, here n fresh
+    samples per call (``generator`` seeds them), so the estimate is differentiable in the
+    flow's parameters and no grid can be gamed. ``rle_loss(...) + w.mean() *
+    log_normaliser(flow)`` (w the joints' weights) is then the exact negative
+    log-likelihood of eq. 10, with no sigma-flow gauge (eq. 12). flow: any object with
+    ``log_prob`` over (..., 2); the samples go to the device and dtype of the flow's
+    parameters when it is a module. A scalar tensor; log(1/4) is its maximum for a Laplace Q.
+    """
+    if not callable(getattr(flow, "log_prob", None)):
+        raise TypeError(f"flow must have a callable log_prob, got {type(flow).__name__}")
+    check_choice(q, "q", LOG_Q)
+    check_int(n, "n", minimum=1)
+    z = _sample_q(q, n, generator)
+    if isinstance(flow, nn.Module):  # sample where the flow lives
+        ref = next(flow.parameters(), None)
+        if ref is not None:
+            z = z.to(ref.device, ref.dtype)
+    log_g = flow.log_prob(z)  # (n,)
+    return torch.logsumexp(log_g, 0) - math.log(n)
+
+
 # ------------------------------------------------------------------------------ heatmaps
 
 
@@ -209,7 +247,7 @@ def heatmap_argmax(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The cell of each map's maximum, as (x, y) heatmap coordinates, and the maximum.
 
     heatmaps (B, K, h, w) -> coords (B, K, 2), scores (B, K). The coordinate is always a
-    cell centre: the quantisation of eq. rle-quant.
+    cell centre: the quantisation of eq. 2.
     """
     _check_heatmaps(heatmaps)
     w = heatmaps.shape[-1]
@@ -219,8 +257,8 @@ def heatmap_argmax(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def soft_argmax(heatmaps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-    """The expected coordinate under softmax(beta * heatmap) over all cells (eq.
-    rle-softargmax): differentiable and sub-pixel. (B, K, h, w) -> (B, K, 2) as (x, y)."""
+    """The expected coordinate under softmax(beta * heatmap) over all cells (eq. 3):
+    differentiable and sub-pixel. (B, K, h, w) -> (B, K, 2) as (x, y)."""
     _check_heatmaps(heatmaps)
     check_real(beta, "beta", minimum=0, strict=True)
     h, w = heatmaps.shape[-2:]
@@ -243,6 +281,16 @@ def to_pixels(u: torch.Tensor, size: float) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ the network
+
+
+class _NoFlow:
+    """log G = 0 everywhere: :func:`rle_loss` without its flow term."""
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return z.new_zeros(z.shape[:-1])
+
+
+_NO_FLOW = _NoFlow()
 
 
 def _conv(c_in, c_out, stride=1):
@@ -294,10 +342,11 @@ class PoseNet(nn.Module):
     """A small CNN pose network: images (B, 3, S, S) -> :class:`PoseOutput`.
 
     Backbone: three 3x3 convolutions (two of stride 2) to features at stride 4, the same
-    for every head. head: ``"l1"`` (mu), ``"rle"`` (mu and sigma), ``"heatmap"`` and
-    ``"integral"`` (K heatmaps at stride 4). ``flow`` is the RLE density model (a
-    :class:`RealNVP`), part of the model for ``"rle"`` so that one optimizer trains both;
-    it plays no part in :meth:`predict`.
+    for every head. head: ``"l1"`` (mu), ``"laplace"``, ``"rle"`` and ``"rle_logs"`` (mu
+    and sigma), ``"heatmap"`` and ``"integral"`` (K heatmaps at stride 4). ``flow`` is
+    the RLE density model (a :class:`RealNVP`), part of the model for ``"rle"`` and
+    ``"rle_logs"`` so that one optimizer trains both; it plays no part in
+    :meth:`predict`.
     """
 
     def __init__(self, head: str = "rle", num_joints: int = 17, image_size: int = 64,
@@ -312,11 +361,11 @@ class PoseNet(nn.Module):
         self.backbone = nn.Sequential(_conv(3, width, 2), _conv(width, c, 2), _conv(c, c))
         self.stride = 4
         self.heatmap_size = math.ceil(image_size / 4)
-        if head in ("l1", "rle"):
-            self.head = RegressionHead(c, self.heatmap_size, num_joints, sigma=head == "rle")
+        if head in REGRESSION_HEADS:
+            self.head = RegressionHead(c, self.heatmap_size, num_joints, sigma=head != "l1")
         else:
             self.head = nn.Sequential(_conv(c, c), nn.Conv2d(c, num_joints, 1))
-        self.flow = RealNVP() if head == "rle" else None
+        self.flow = RealNVP() if head in FLOW_HEADS else None
 
     def forward(self, images: torch.Tensor) -> PoseOutput:
         check_tensor(images, "images", ndim=4, dtypes=FLOATS)
@@ -324,7 +373,7 @@ class PoseNet(nn.Module):
             raise ValueError(f"images must have shape (B, 3, {self.image_size}, "
                              f"{self.image_size}), got {tuple(images.shape)}")
         feats = self.backbone(images)
-        if self.head_name in ("l1", "rle"):
+        if self.head_name in REGRESSION_HEADS:
             mu, sigma = self.head(feats)
             return PoseOutput(mu=mu, sigma=sigma)
         return PoseOutput(heatmaps=self.head(feats))
@@ -341,9 +390,9 @@ class PoseNet(nn.Module):
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Joints (B, K, 2) in image pixels and a score per image (B,), in eval mode.
 
-        Regression heads: mu (the flow is not used); the RLE score is the mean of
-        1 - sigma over joints and coordinates (as mmpose), plain L1 regression has no
-        confidence (score 1). Heatmap heads: argmax ("heatmap") or soft-argmax
+        Regression heads: mu (the flow is not used); the score of the RLE and Laplace heads
+        is the mean of 1 - sigma over joints and coordinates (as mmpose), plain L1
+        regression has no confidence (score 1). Heatmap heads: argmax ("heatmap") or soft-argmax
         ("integral", as trained); the score is the mean of the maps' maxima.
         """
         was = self.training
@@ -367,16 +416,24 @@ def pose_loss(model: PoseNet, images: torch.Tensor, joints: torch.Tensor,
 
     joints (B, K, 2) image pixels, visibility (B, K). "l1": ``mean |mu - u|`` (unit
     coordinates); "rle": :func:`rle_loss` with the model's flow and a Laplace Q;
-    "heatmap": mean squared error to Gaussian targets of ``heatmap_sigma`` cells (eq.
-    rle-heatmap-loss); "integral": ``mean |soft_argmax - target|`` in unit coordinates.
+    "laplace": the same without the flow (G = 1: the Laplace NLL of eq. 5 with a learned
+    sigma); "rle_logs": "rle" plus ``log s`` (:func:`log_normaliser`, its samples drawn
+    from torch's global generator), the exact NLL of eq. 10; "heatmap": mean squared
+    error to Gaussian targets of ``heatmap_sigma`` cells (eq. 13); "integral":
+    ``mean |soft_argmax - target|`` in unit coordinates.
     """
     out = model(images)
     weight = (visibility > 0).to(images.dtype)  # (B, K)
     target = to_unit(joints, model.image_size)
     if model.head_name == "l1":
         return ((out.mu - target).abs().sum(-1) * weight).mean()
-    if model.head_name == "rle":
-        return rle_loss(out.mu, out.sigma, target, model.flow, weight=weight)
+    if model.head_name in FLOW_HEADS:
+        loss = rle_loss(out.mu, out.sigma, target, model.flow, weight=weight)
+        if model.head_name == "rle_logs":  # the normaliser the paper drops, per joint
+            loss = loss + weight.mean() * log_normaliser(model.flow)
+        return loss
+    if model.head_name == "laplace":
+        return rle_loss(out.mu, out.sigma, target, _NO_FLOW, weight=weight)
     hm = out.heatmaps
     if model.head_name == "heatmap":
         want = render_heatmaps(model.heatmap_coords(joints), hm.shape[-2:], heatmap_sigma)
