@@ -43,6 +43,13 @@ def _check_joints(x, name, k=None):
     return x
 
 
+def _check_visibility(visibility, gt):
+    check_tensor(visibility, "visibility")
+    if visibility.shape != gt.shape[:-1]:
+        raise ValueError(f"visibility must have shape {tuple(gt.shape[:-1])}, "
+                         f"got {tuple(visibility.shape)}")
+
+
 def _check_sigmas(sigmas, k):
     check_tensor(sigmas, "sigmas", ndim=1)
     if sigmas.shape[0] != k or not (sigmas > 0).all():
@@ -254,7 +261,11 @@ def pck(pred: torch.Tensor, gt: torch.Tensor, visibility: torch.Tensor,
     """
     _check_joints(pred, "pred")
     _check_joints(gt, "gt", pred.shape[-2])
+    _check_visibility(visibility, gt)
     check_real(alpha, "alpha", minimum=0, strict=True)
+    check_tensor(norm, "norm")
+    if norm.shape != gt.shape[:-2]:
+        raise ValueError(f"norm must have shape {tuple(gt.shape[:-2])}, got {tuple(norm.shape)}")
     if not (norm > 0).all():
         raise ValueError("norm must be positive")
     labelled = visibility > 0
@@ -266,12 +277,18 @@ def mean_joint_error(pred: torch.Tensor, gt: torch.Tensor, visibility: torch.Ten
     """Mean Euclidean distance (pixels) between pred and gt (..., K, 2) over labelled joints."""
     _check_joints(pred, "pred")
     _check_joints(gt, "gt", pred.shape[-2])
+    _check_visibility(visibility, gt)
     labelled = visibility > 0
+    if not labelled.any():
+        raise ValueError("visibility marks no joint as labelled: the mean is undefined")
     return float(((pred - gt).norm(dim=-1) * labelled).sum() / labelled.sum())
 
 
 def bbox_size(boxes: torch.Tensor) -> torch.Tensor:
     """The longer side of boxes (..., 4) (x, y, w, h): the usual PCK normaliser."""
+    check_tensor(boxes, "boxes", min_ndim=1)
+    if boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape (..., 4), got {tuple(boxes.shape)}")
     return boxes[..., 2:].amax(-1)
 
 

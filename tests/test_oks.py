@@ -12,6 +12,7 @@ from lib.oks import (
     COCO_OKS_THRESHOLDS,
     COCO_SIGMAS,
     average_precision,
+    bbox_size,
     greedy_match,
     mean_joint_error,
     oks,
@@ -213,6 +214,13 @@ GT1, V1, A1 = torch.ones(3, 17, 2), torch.full((3, 17), 2), torch.full((3,), 100
     (lambda: pck(P1, GT1, V1, torch.ones(3), alpha=0), ValueError, "alpha"),
     (lambda: pck(P1, GT1, V1, torch.zeros(3)), ValueError, "norm"),
     (lambda: mean_joint_error(P1, GT1[:, :5], V1), ValueError, "gt"),
+    (lambda: mean_joint_error(P1, GT1, V1[:, :5]), ValueError, "visibility"),
+    (lambda: mean_joint_error(P1, GT1, V1 * 0), ValueError, "labelled"),
+    (lambda: pck(P1, GT1, V1[:2], torch.ones(3)), ValueError, "visibility"),
+    (lambda: pck(P1, GT1, V1, torch.ones(2)), ValueError, "norm"),
+    (lambda: pck(P1, GT1, V1, [1.0, 1.0, 1.0]), TypeError, "norm"),
+    (lambda: bbox_size(torch.ones(3, 3)), ValueError, "boxes"),
+    (lambda: bbox_size([1.0, 2.0, 3.0, 4.0]), TypeError, "boxes"),
 ])
 def test_bad_input_is_refused_by_name(call, error, match):
     with pytest.raises(error, match=match):
