@@ -18,7 +18,9 @@ keep NaN out of gradients. A row holding +inf or NaN gives a row of NaN, as
 ``torch.softmax`` does, in every backend.
 
 Module layout: reference (the spec) -> memory-traffic model -> (m, d) algebra ->
-Triton kernels -> autograd wrapper -> public ``softmax``.
+Triton kernels (the online forward, the three-sweep safe baseline, the backward) and
+their measured loads and stores (:func:`kernel_accesses`) -> autograd wrapper -> public
+``softmax``.
 """
 
 import math
@@ -27,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from ._triton import tl, triton
-from .backend import resolve_backend
+from .access_count import KernelAccesses, count_accesses
+from .backend import INTERPRET, resolve_backend
 from .kernel_spec import KernelSpec
 from .validate import (
     FLOAT_DTYPES,
@@ -75,70 +78,34 @@ class Traffic:
         return (self.reads + self.writes) * itemsize
 
 
-METHODS = ("naive", "safe", "online", "fused")
+# elements read and written per element of the row, over all tensors (x, y; y, dy, dx)
+_PER_ELEMENT = {
+    "naive": (2, 1),           # sum of exp(x) (read), exp(x) / d (read, write)
+    "safe": (3, 1),            # max (read), sum of exp(x - m) (read), normalise (r, w)
+    "online": (2, 1),          # (m, d) in one sweep (read), normalise (read, write)
+    "fused": (1, 1),           # the row fits on chip: one read, one write
+    "backward": (4, 1),        # y.dy (read y, dy), dx = y (dy - y.dy) (read y, dy; write)
+    "backward_fused": (2, 1),  # the row fits on chip: read y and dy once, write dx
+}
+METHODS = tuple(_PER_ELEMENT)
 
 
 def softmax_traffic_model(method: str, rows: int, n: int) -> Traffic:
-    """Elements moved by each algorithm on a (rows, n) input.
+    """Elements moved by each algorithm on a (rows, n) input: the count of the paper's
+    analysis (safe softmax 4 accesses per element, online 3) and of our kernels.
 
     naive:  sum exp(x) (read), then exp(x)/d (read, write)        -> 2 reads, 1 write
     safe:   max (read), sum exp(x - m) (read), normalise (r, w)   -> 3 reads, 1 write
     online: (m, d) in one sweep (read), normalise (read, write)   -> 2 reads, 1 write
     fused:  the row fits on chip: one read, one write             -> 1 read,  1 write
+    backward: y.dy (read y, dy), then dx (read y, dy, write dx)   -> 4 reads, 1 write
+    backward_fused: the row fits on chip                          -> 2 reads, 1 write
     """
-    reads = {"naive": 2, "safe": 3, "online": 2, "fused": 1}
     check_choice(method, "method", METHODS)
     check_positive_int(rows, "rows")
     check_positive_int(n, "n")
-    return Traffic(reads=reads[method] * rows * n, writes=rows * n)
-
-
-def softmax_counted(x: torch.Tensor, method: str, block: int = 128) -> tuple[torch.Tensor, Traffic]:
-    """Run one softmax algorithm on a 2-D ``x`` (rows, n), sweeping ``block`` columns at a time.
-
-    Every load from ``x`` and every store to the output goes through a counter, so the
-    returned :class:`Traffic` is measured, not assumed; tests check it against
-    :func:`softmax_traffic_model`. ``naive`` overflows exactly as eq. 1 does.
-    """
-    check_tensor(x, "x", ndim=2, dtypes=FLOAT_DTYPES)
-    check_positive_int(block, "block")
-    check_choice(method, "method", METHODS)
-    rows, n = x.shape
-    t = Traffic()
-    y = torch.empty_like(x)
-    blocks = [slice(s, min(s + block, n)) for s in range(0, n, block)]
-
-    def load(cols):
-        t.reads += rows * (cols.stop - cols.start)
-        return x[:, cols].float()
-
-    def store(cols, value):
-        t.writes += rows * (cols.stop - cols.start)
-        y[:, cols] = value.to(x.dtype)
-
-    if method == "fused":  # the whole row lives in registers / SRAM
-        row = load(slice(0, n))
-        store(slice(0, n), softmax_reference(row))
-        return y, t
-    m = torch.zeros(rows, 1)  # naive: no max subtraction at all
-    if method == "safe":
-        m = torch.full((rows, 1), -math.inf)
-        for cols in blocks:
-            m = torch.maximum(m, load(cols).amax(1, keepdim=True))
-    d = torch.zeros(rows, 1)
-    if method == "online":
-        m = torch.full((rows, 1), -math.inf)
-        for cols in blocks:
-            xb = load(cols)
-            m_new = torch.maximum(m, xb.amax(1, keepdim=True))
-            d = d * torch.exp(m - m_new) + torch.exp(xb - m_new).sum(1, keepdim=True)
-            m = m_new
-    else:
-        for cols in blocks:
-            d = d + torch.exp(load(cols) - m).sum(1, keepdim=True)
-    for cols in blocks:
-        store(cols, torch.exp(load(cols) - m) / d)
-    return y, t
+    reads, writes = _PER_ELEMENT[method]
+    return Traffic(reads=reads * rows * n, writes=writes * rows * n)
 
 
 # ---------------------------------------------------------------- the (m, d) algebra
@@ -149,8 +116,9 @@ def merge_states(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(m1, d1) ⊕ (m2, d2) of eq. 6, elementwise on broadcastable tensors.
 
-    The empty state (-inf, 0) is the identity; merging two empty states gives it back
-    (not NaN), because the exponent's reference point falls back to 0 when m = -inf.
+    The empty state (-inf, 0) is the identity; merging two empty states gives it
+    back (not NaN), because the exponent's reference point falls back to 0 when
+    m = -inf.
     """
     for name, t in (("m1", m1), ("d1", d1), ("m2", m2), ("d2", d2)):
         check_tensor(t, name, dtypes=(torch.float32, torch.float64))
@@ -194,65 +162,118 @@ def _softmax_fwd_kernel(
     BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
 ):
     """One program per row; the row is swept in blocks of BLOCK_N columns."""
-    row = tl.program_id(0).to(tl.int64)
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * stride may pass 2^31
     x_row = x_ptr + row * stride_x
     y_row = y_ptr + row * stride_y
     offs_n = tl.arange(0, BLOCK_N)
+    NEG_INF: tl.constexpr = -float("inf")
     if SINGLE_BLOCK:
-        # the row fits in registers: one read, one write ("fused" in the traffic model)
+        # the row fits in registers: one read, one write ("fused")
         mask = offs_n < n_cols
-        x = tl.load(x_row + offs_n, mask=mask, other=-float("inf")).to(tl.float32)
+        x = tl.load(x_row + offs_n, mask=mask, other=NEG_INF).to(tl.float32)
         m = tl.max(x, 0)
-        m_ref = tl.where(m == -float("inf"), 0.0, m)
-        e = tl.exp(x - m_ref)
+        m_ref = tl.where(m == NEG_INF, 0.0, m)  # all -inf row: e = 0, not NaN
+        e = tl.exp(x - m_ref)  # eq. 3
         d = tl.sum(e, 0)
-        inv_d = 1.0 / tl.where(d == 0, 1.0, d)  # 0: all -inf row (e = 0); NaN spreads
-        tl.store(y_row + offs_n, (e * inv_d).to(y_ptr.dtype.element_ty), mask=mask)
+        inv_d = 1.0 / tl.where(d == 0, 1.0, d)  # 0: all -inf row; NaN spreads
+        tl.store(y_row + offs_n, (e * inv_d).to(y_ptr.dtype.element_ty),
+                 mask=mask)
     else:
-        # pass 1: running max m and normalizer d, rescaled when m grows (eq. 5)
-        m = tl.full((), -float("inf"), tl.float32)
+        # sweep 1: running max m and normalizer d, rescaled as m grows (eq. 5)
+        m = tl.full((), NEG_INF, tl.float32)
         d = tl.full((), 0.0, tl.float32)
         for start in range(0, n_cols, BLOCK_N):
             cols = start + offs_n
-            x = tl.load(x_row + cols, mask=cols < n_cols, other=-float("inf")).to(tl.float32)
+            x = tl.load(x_row + cols, mask=cols < n_cols, other=NEG_INF)
+            x = x.to(tl.float32)
             m_new = tl.maximum(m, tl.max(x, 0))
-            m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
+            m_ref = tl.where(m_new == NEG_INF, 0.0, m_new)
             d = d * tl.exp(m - m_ref) + tl.sum(tl.exp(x - m_ref), 0)
             m = m_new
-        # pass 2: y = exp(x - m) / d, written in the output dtype
-        m_ref = tl.where(m == -float("inf"), 0.0, m)
-        inv_d = 1.0 / tl.where(d == 0, 1.0, d)  # 0: all -inf row (e = 0); NaN spreads
+        # sweep 2: y = exp(x - m) / d, written in the output dtype
+        m_ref = tl.where(m == NEG_INF, 0.0, m)
+        inv_d = 1.0 / tl.where(d == 0, 1.0, d)  # 0: all -inf row; NaN spreads
         for start in range(0, n_cols, BLOCK_N):
             cols = start + offs_n
             mask = cols < n_cols
-            x = tl.load(x_row + cols, mask=mask, other=-float("inf")).to(tl.float32)
+            x = tl.load(x_row + cols, mask=mask, other=NEG_INF).to(tl.float32)
             y = tl.exp(x - m_ref) * inv_d
             tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _softmax_bwd_kernel(
-    y_ptr, dy_ptr, dx_ptr, stride_y, stride_dy, stride_dx, n_cols,
+def _softmax_safe_kernel(
+    x_ptr, y_ptr, stride_x, stride_y, n_cols,
     BLOCK_N: tl.constexpr,
 ):
-    """dx = y * (dy - sum(y * dy)) (eq. 7), one program per row, two sweeps."""
+    """The safe softmax (eq. 3) in three sweeps over the row: m, then d, then y.
+    The baseline of the online kernel (chapter 1's experiment and
+    ``python -m lib.bench softmax``)."""
     row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_x
+    y_row = y_ptr + row * stride_y
     offs_n = tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_N,), tl.float32)
+    NEG_INF: tl.constexpr = -float("inf")
+    # sweep 1: m = max_j x_j (elementwise max over blocks, reduced once)
+    m_acc = tl.full((BLOCK_N,), NEG_INF, tl.float32)
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + offs_n
+        x = tl.load(x_row + cols, mask=cols < n_cols, other=NEG_INF)
+        m_acc = tl.maximum(m_acc, x.to(tl.float32))
+    m = tl.max(m_acc, 0)
+    m_ref = tl.where(m == NEG_INF, 0.0, m)
+    # sweep 2: d = sum_j exp(x_j - m)
+    d_acc = tl.zeros((BLOCK_N,), tl.float32)
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + offs_n
+        x = tl.load(x_row + cols, mask=cols < n_cols, other=NEG_INF)
+        d_acc += tl.exp(x.to(tl.float32) - m_ref)
+    d = tl.sum(d_acc, 0)
+    inv_d = 1.0 / tl.where(d == 0, 1.0, d)  # 0: all -inf row; NaN spreads
+    # sweep 3: y = exp(x - m) / d
     for start in range(0, n_cols, BLOCK_N):
         cols = start + offs_n
         mask = cols < n_cols
-        y = tl.load(y_ptr + row * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        acc += y * dy
-    dot = tl.sum(acc, 0)
-    for start in range(0, n_cols, BLOCK_N):
-        cols = start + offs_n
-        mask = cols < n_cols
-        y = tl.load(y_ptr + row * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        dx = y * (dy - dot)
-        tl.store(dx_ptr + row * stride_dx + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        x = tl.load(x_row + cols, mask=mask, other=NEG_INF).to(tl.float32)
+        y = tl.exp(x - m_ref) * inv_d
+        tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _softmax_bwd_kernel(
+    y_ptr, dy_ptr, dx_ptr, stride_y, stride_dy, stride_dx, n_cols,
+    BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+):
+    """dx = y * (dy - sum(y * dy)) (eq. 7), one program per row: y and dy are
+    read once when the row fits in one block, else twice (a sweep for the sum,
+    one for dx)."""
+    row = tl.program_id(0).to(tl.int64)
+    y_row = y_ptr + row * stride_y
+    dy_row = dy_ptr + row * stride_dy
+    dx_row = dx_ptr + row * stride_dx
+    offs_n = tl.arange(0, BLOCK_N)
+    if SINGLE_BLOCK:  # the row fits in registers: read y and dy once
+        mask = offs_n < n_cols
+        y = tl.load(y_row + offs_n, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_row + offs_n, mask=mask, other=0.0).to(tl.float32)
+        dx = y * (dy - tl.sum(y * dy, 0))
+        tl.store(dx_row + offs_n, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    else:  # sweep 1: <y, dy>; sweep 2: dx
+        acc = tl.zeros((BLOCK_N,), tl.float32)
+        for start in range(0, n_cols, BLOCK_N):
+            cols = start + offs_n
+            mask = cols < n_cols
+            y = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_row + cols, mask=mask, other=0.0).to(tl.float32)
+            acc += y * dy
+        dot = tl.sum(acc, 0)
+        for start in range(0, n_cols, BLOCK_N):
+            cols = start + offs_n
+            mask = cols < n_cols
+            y = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_row + cols, mask=mask, other=0.0).to(tl.float32)
+            dx = y * (dy - dot)
+            tl.store(dx_row + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 MAX_BLOCK_N = 2048  # columns per block: a row up to this length stays in registers
@@ -282,6 +303,12 @@ def _fwd_launch(x2d: torch.Tensor, y: torch.Tensor, block_n: int | None = None):
     return (rows,), args, dict(BLOCK_N=block_n, SINGLE_BLOCK=n <= block_n), num_warps
 
 
+def _safe_launch(x2d: torch.Tensor, y: torch.Tensor, block_n: int | None = None):
+    """Grid, arguments, constexprs and warps of the three-sweep kernel."""
+    grid, args, meta, num_warps = _fwd_launch(x2d, y, block_n)
+    return grid, args, dict(BLOCK_N=meta["BLOCK_N"]), num_warps
+
+
 def _bwd_launch(y: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
                 block_n: int | None = None):
     """Grid, arguments, constexprs and warps of the backward kernel on (rows, n) tensors."""
@@ -289,39 +316,96 @@ def _bwd_launch(y: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
     block_n, num_warps = launch_config(n, block_n)
     args = dict(y_ptr=y, dy_ptr=dy, dx_ptr=dx, stride_y=y.stride(0), stride_dy=dy.stride(0),
                 stride_dx=dx.stride(0), n_cols=n)
-    return (rows,), args, dict(BLOCK_N=block_n), num_warps
+    return (rows,), args, dict(BLOCK_N=block_n, SINGLE_BLOCK=n <= block_n), num_warps
+
+
+def _output_like(t: torch.Tensor) -> torch.Tensor:
+    """The buffer a kernel writes its output to: like ``t``, except for bf16 under
+    Triton's interpreter, which converts fp32 to bf16 by truncating and garbles
+    values below bf16's smallest normal number (Triton 3.9). There the kernel
+    writes fp32 and PyTorch rounds to bf16, to nearest as a GPU does."""
+    if INTERPRET and t.dtype == torch.bfloat16:
+        return torch.empty_like(t, dtype=torch.float32)
+    return torch.empty_like(t)
 
 
 def _softmax_fwd_triton(x2d: torch.Tensor, block_n: int | None = None) -> torch.Tensor:
     """Launch the forward kernel on a (rows, n) tensor with unit column stride."""
-    y = torch.empty_like(x2d)
+    y = _output_like(x2d)
     grid, args, meta, num_warps = _fwd_launch(x2d, y, block_n)
     _softmax_fwd_kernel[grid](**args, **meta, num_warps=num_warps)
-    return y
+    return y.to(x2d.dtype)
+
+
+def _softmax_safe_triton(x2d: torch.Tensor, block_n: int | None = None) -> torch.Tensor:
+    """Launch the three-sweep kernel on a (rows, n) tensor with unit column stride."""
+    y = _output_like(x2d)
+    grid, args, meta, num_warps = _safe_launch(x2d, y, block_n)
+    _softmax_safe_kernel[grid](**args, **meta, num_warps=num_warps)
+    return y.to(x2d.dtype)
 
 
 def _softmax_bwd_triton(y: torch.Tensor, dy: torch.Tensor, block_n: int | None = None):
-    dx = torch.empty_like(y)
+    """Launch the backward kernel on (rows, n) tensors with unit column stride."""
+    dx = _output_like(y)
     grid, args, meta, num_warps = _bwd_launch(y, dy, dx, block_n)
     _softmax_bwd_kernel[grid](**args, **meta, num_warps=num_warps)
-    return dx
+    return dx.to(y.dtype)
+
+
+KERNELS = ("forward", "safe", "backward")
+
+
+def kernel_accesses(x: torch.Tensor, kernel: str = "forward", block_n: int | None = None
+                    ) -> KernelAccesses:
+    """Launch one softmax kernel on ``x`` as the library does and count, element by
+    element, what it loads and stores (:func:`lib.access_count.count_accesses`, through
+    Triton's interpreter on the CPU).
+
+    x: (rows, n) CPU tensor, fp32, fp16 or bf16. kernel: ``"forward"`` (the online
+    kernel of :func:`softmax`: one sweep when the row fits in ``BLOCK_N`` columns,
+    else two), ``"safe"`` (three sweeps, eq. 3) or ``"backward"`` (eq. 7, on
+    y = softmax(x) and an upstream gradient dy of ones). block_n: ``BLOCK_N``, None
+    for the library's default (:func:`launch_config`). The entries of the result are
+    named after the kernel's parameters (``x_ptr``, ``y_ptr``, ...).
+    """
+    check_tensor(x, "x", ndim=2, dtypes=FLOAT_DTYPES)
+    check_choice(kernel, "kernel", KERNELS)
+    if x.device.type != "cpu":
+        raise ValueError(f"x must be on the CPU (Triton's interpreter), got {x.device}")
+    if x.numel() == 0:
+        raise ValueError(f"x must have at least one row and column, got {tuple(x.shape)}")
+    x = x.contiguous()
+    if kernel == "backward":
+        y = softmax_reference(x)
+        dy = torch.ones_like(x)
+        grid, args, meta, _ = _bwd_launch(y, dy, torch.empty_like(x), block_n)
+        return count_accesses(_softmax_bwd_kernel, grid, **args, **meta)
+    launch, fn = {"forward": (_fwd_launch, _softmax_fwd_kernel),
+                  "safe": (_safe_launch, _softmax_safe_kernel)}[kernel]
+    grid, args, meta, _ = launch(x, torch.empty_like(x), block_n)
+    return count_accesses(fn, grid, **args, **meta)
 
 
 def aot_specs() -> list[KernelSpec]:
     """Default configurations as launched on contiguous fp16 rows (4096 of them),
     compiled ahead of time by ``python -m lib.bench compile``."""
     specs = []
-    for name, n in (("softmax_fwd (row <= 1024)", 1024), ("softmax_fwd (looped, 2048)", 4096)):
+    for n in (1024, 4096):
         x = torch.empty(4096, n, dtype=torch.float16, device="meta")
         _, args, meta, warps = _fwd_launch(x, torch.empty_like(x))
-        if not meta["SINGLE_BLOCK"]:
-            name = f"softmax_fwd (looped, {meta['BLOCK_N']})"
-        specs.append(KernelSpec(name, _softmax_fwd_kernel, constexprs=meta, num_warps=warps,
-                                args=args))
-    y = torch.empty(4096, 4096, dtype=torch.float16, device="meta")
-    _, args, meta, warps = _bwd_launch(y, torch.empty_like(y), torch.empty_like(y))
-    specs.append(KernelSpec(f"softmax_bwd ({meta['BLOCK_N']})", _softmax_bwd_kernel,
-                            constexprs=meta, num_warps=warps, args=args))
+        kind = f"row <= {n}" if meta["SINGLE_BLOCK"] else f"looped, {meta['BLOCK_N']}"
+        specs.append(KernelSpec(f"softmax_fwd ({kind})", _softmax_fwd_kernel,
+                                constexprs=meta, num_warps=warps, args=args))
+        if not meta["SINGLE_BLOCK"]:  # the three-sweep baseline only loops
+            _, args, meta, warps = _safe_launch(x, torch.empty_like(x))
+            specs.append(KernelSpec(f"softmax_safe (looped, {meta['BLOCK_N']})",
+                                    _softmax_safe_kernel, constexprs=meta, num_warps=warps,
+                                    args=args))
+        y = torch.empty(4096, n, dtype=torch.float16, device="meta")
+        _, args, meta, warps = _bwd_launch(y, torch.empty_like(y), torch.empty_like(y))
+        specs.append(KernelSpec(f"softmax_bwd ({kind})", _softmax_bwd_kernel,
+                                constexprs=meta, num_warps=warps, args=args))
     return specs
 
 
