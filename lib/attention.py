@@ -104,14 +104,15 @@ def attention_reference(
     mask: torch.Tensor | None = None,
     return_lse: bool = False,
 ):
-    """Standard attention (eq. 1), materialising the (Nq, Nk) scores, in fp32 (in fp64 for
-    fp64 inputs, so that it can serve as a high-precision oracle).
+    """Standard attention (eq. 1), materialising the (Nq, Nk) scores, in fp32
+    (in fp64 for fp64 inputs, so that it can serve as a high-precision oracle).
 
-    q: (B, H, Nq, d); k, v: (B, H, Nk, d); mask: None, (Nq, Nm) or (B, Nq, Nm) bool on the
-    last Nm keys. Returns O (B, H, Nq, d) in q's dtype, and with ``return_lse`` also the
-    log-sum-exp L (B, H, Nq) in fp32 (eq. 6). Differentiable through autograd. Rows that
-    see no key give zeros and L = -inf. Bad input raises as in :func:`flash_attention`,
-    without the kernels' limits (any d, any Nm <= Nk).
+    q: (B, H, Nq, d); k, v: (B, H, Nk, d); mask: None, (Nq, Nm) or (B, Nq, Nm)
+    bool on the last Nm keys. Returns O (B, H, Nq, d) in q's dtype, and with
+    ``return_lse`` also the log-sum-exp L (B, H, Nq) in fp32 (fp64) (eq. 6).
+    Differentiable through autograd. Rows that see no key give zeros and
+    L = -inf. Bad input raises as in :func:`flash_attention`, without the
+    kernels' limits (any d, any Nm <= Nk).
     """
     scale, mask = _check_inputs(q, k, v, causal, scale, mask, kernel_limits=False)
     check_bool(return_lse, "return_lse")

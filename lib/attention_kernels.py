@@ -176,12 +176,15 @@ def _store(ptrs, x, mask):
 
 
 @triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
-                    offs_d, lo, hi, mask_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
-                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                    HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Sweep key blocks [lo, hi): the online-softmax update of (m, l, acc) (eqs. 5-6)."""
+def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                    offs_m, offs_n, offs_d, lo, hi, mask_ptr, stride_mq,
+                    N_Q, N_K, N_M, qk_scale,
+                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+                    PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """Sweep key blocks [lo, hi): the online-softmax update of (m, l, acc)
+    (eqs. 5-6)."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         kv_ok = _tile_mask(cols, N_K, offs_d, MASKED, HEAD_DIM, BLOCK_D)
@@ -190,13 +193,13 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs
         # -- compute qk, scaled to base 2
         qk = _dot(q, tl.trans(k), None, PRECISION) * qk_scale
         if MASKED:
-            ok = _allowed(offs_m[:, None], cols[None, :], mask_ptr, stride_mq, N_Q, N_K, N_M,
-                          CAUSAL, HAS_MASK)
+            ok = _allowed(offs_m[:, None], cols[None, :], mask_ptr, stride_mq,
+                          N_Q, N_K, N_M, CAUSAL, HAS_MASK)
             qk = tl.where(ok, qk, -float("inf"))
-        # -- update m_i and l_i; a row with nothing visible yet keeps m = -inf, without NaN
+        # -- update m_i and l_i; a row that has seen nothing keeps m = -inf
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_ref = m_new
-        if MASKED:
+        if MASKED:  # reference point 0 for such rows: no -inf - (-inf) = NaN
             m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
         alpha = tl.math.exp2(m_i - m_ref)
         p = tl.math.exp2(qk - m_ref[:, None])
@@ -237,27 +240,35 @@ def _attn_fwd_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q_ok = _tile_mask(offs_m, N_Q, offs_d, True, HEAD_DIM, BLOCK_D)  # rows past Nq read 0
+    # rows past Nq and columns past d read 0
+    q_ok = _tile_mask(offs_m, N_Q, offs_d, True, HEAD_DIM, BLOCK_D)
     q = _load(q_ptr + offs_m[:, None] * stride_qn + offs_d[None, :], q_ok)
     k_ptrs = k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :]
     v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :]
-    m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)  # running max (base 2)
+    m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)  # running max, base 2
     l_i = tl.zeros((BLOCK_M,), tl.float32)  # running normaliser
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)  # unnormalised output
-    n_full, hi = _key_range(start_m, N_Q, N_K, N_M, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK)
+    n_full, hi = _key_range(start_m, N_Q, N_K, N_M, BLOCK_M, BLOCK_N,
+                            CAUSAL, HAS_MASK)
+    # -- phase 1, keys [0, n_full): every query sees every key, no mask code
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-        0, n_full, mask_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        offs_m, offs_n, offs_d, 0, n_full, mask_ptr, stride_mq,
+        N_Q, N_K, N_M, qk_scale,
         BLOCK_N, False, CAUSAL, HAS_MASK, PRECISION, HEAD_DIM, BLOCK_D)
+    # -- phase 2, keys [n_full, hi): the diagonal, the mask, the last block
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-        n_full, hi, mask_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        offs_m, offs_n, offs_d, n_full, hi, mask_ptr, stride_mq,
+        N_Q, N_K, N_M, qk_scale,
         BLOCK_N, True, CAUSAL, HAS_MASK, PRECISION, HEAD_DIM, BLOCK_D)
-    # -- epilogue: O = acc / l, L = (m + log2 l) ln 2; a row that saw no key gives 0, -inf
+    # -- epilogue: O = acc / l, L = (m + log2 l) ln 2 (eq. 6);
+    # a row that saw no key gives O = 0, L = -inf
     seen = l_i > 0
     l_safe = tl.where(seen, l_i, 1.0)
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * LN2, -float("inf"))
-    _store(o_ptr + offs_m[:, None] * stride_on + offs_d[None, :], acc / l_safe[:, None], q_ok)
+    o_ptrs = o_ptr + offs_m[:, None] * stride_on + offs_d[None, :]
+    _store(o_ptrs, acc / l_safe[:, None], q_ok)
     tl.store(lse_ptr + offs_m, lse, mask=offs_m < N_Q)
 
 
@@ -284,13 +295,15 @@ def _attn_bwd_preprocess(o_ptr, do_ptr, delta_ptr, stride_ob, stride_oh, stride_
 
 
 @triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qn,
-                         stride_don, offs_m, offs_n, offs_d, offs_o, lo, hi, mask_ptr,
-                         stride_mq, N_Q, N_K, N_M, qk_scale, BLOCK_M: tl.constexpr,
-                         MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr,
+                         stride_qn, stride_don, offs_m, offs_n, offs_d, offs_o,
+                         lo, hi, mask_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
+                         BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+                         CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
                          PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
-    """Sweep query blocks [lo, hi) for one key block: dV += P^T dO, dK += dS^T Q (eqs. 8-10)."""
+    """Sweep query blocks [lo, hi) for one key block:
+    dV += P^T dO, dK += dS^T Q (eqs. 8-10)."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m
         row_ok = rows < N_Q
@@ -300,12 +313,13 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride
         # padding rows (q = dO = 0, L = D = 0) contribute exactly zero below
         lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0) * LOG2E
         delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)
-        # -- recompute P^T (BLOCK_N x BLOCK_M) from the log-sum-exp
+        # -- recompute P^T (BLOCK_N x BLOCK_M) from the log-sum-exp (eq. 10)
         qkT = _dot(k, tl.trans(q), None, PRECISION) * qk_scale
         if MASKED:
-            lse = tl.where(lse == -float("inf"), 0.0, lse)  # rows that see no key at all
-            ok = _allowed(rows[None, :], offs_n[:, None], mask_ptr, stride_mq, N_Q, N_K, N_M,
-                          CAUSAL, HAS_MASK)
+            # rows that see no key at all: L = -inf, every p is masked
+            lse = tl.where(lse == -float("inf"), 0.0, lse)
+            ok = _allowed(rows[None, :], offs_n[:, None], mask_ptr, stride_mq,
+                          N_Q, N_K, N_M, CAUSAL, HAS_MASK)
             pT = tl.math.exp2(tl.where(ok, qkT - lse[None, :], -float("inf")))
         else:
             pT = tl.math.exp2(qkT - lse[None, :])
@@ -314,10 +328,12 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride
             do_o = do
         else:  # this program owns only the columns offs_o of dK and dV
             o_ok = _tile_mask(rows, N_Q, offs_o, True, HEAD_DIM, BLOCK_D)
-            q_o = _load(q_ptr + rows[:, None] * stride_qn + offs_o[None, :], o_ok)
-            do_o = _load(do_ptr + rows[:, None] * stride_don + offs_o[None, :], o_ok)
+            q_o = _load(q_ptr + rows[:, None] * stride_qn + offs_o[None, :],
+                        o_ok)
+            do_o = _load(do_ptr + rows[:, None] * stride_don + offs_o[None, :],
+                         o_ok)
         dv = _dot(pT.to(do.dtype), do_o, dv, PRECISION)
-        # -- dS^T = P^T o (dP^T - D)
+        # -- dS^T = P^T o (dP^T - D) (eq. 8)
         dpT = _dot(v, tl.trans(do), None, PRECISION)
         dsT = pT * (dpT - delta[None, :])
         dk = _dot(dsT.to(q.dtype), q_o, dk, PRECISION)
@@ -360,46 +376,57 @@ def _attn_bwd_dkdv_kernel(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_o = tl.program_id(2) * BLOCK_DO + tl.arange(0, BLOCK_DO)  # columns of dK, dV
+    # the columns of dK, dV this program writes
+    offs_o = tl.program_id(2) * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    # -- K_j, V_j stay in registers for the whole sweep down the column
     kv_ok = _tile_mask(offs_n, N_K, offs_d, True, HEAD_DIM, BLOCK_D)
     k = _load(k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :], kv_ok)
     v = _load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :], kv_ok)
     dk = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
-    lo, m_full = _query_range(start_n, N_Q, N_K, N_M, BLOCK_M, BLOCK_N, CAUSAL, HAS_MASK)
+    lo, m_full = _query_range(start_n, N_Q, N_K, N_M, BLOCK_M, BLOCK_N,
+                              CAUSAL, HAS_MASK)
+    # -- phase 1, queries [lo, m_full): on the diagonal or under the mask
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qn, stride_don, offs_m,
-        offs_n, offs_d, offs_o, lo, m_full, mask_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
-        BLOCK_M, True, CAUSAL, HAS_MASK, PRECISION, HEAD_DIM, BLOCK_D, BLOCK_DO)
+        dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qn, stride_don,
+        offs_m, offs_n, offs_d, offs_o, lo, m_full, mask_ptr, stride_mq,
+        N_Q, N_K, N_M, qk_scale, BLOCK_M, True, CAUSAL, HAS_MASK, PRECISION,
+        HEAD_DIM, BLOCK_D, BLOCK_DO)
+    # -- phase 2, queries [m_full, Nq): each sees every key of the block
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qn, stride_don, offs_m,
-        offs_n, offs_d, offs_o, m_full, N_Q, mask_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
-        BLOCK_M, False, CAUSAL, HAS_MASK, PRECISION, HEAD_DIM, BLOCK_D, BLOCK_DO)
+        dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qn, stride_don,
+        offs_m, offs_n, offs_d, offs_o, m_full, N_Q, mask_ptr, stride_mq,
+        N_Q, N_K, N_M, qk_scale, BLOCK_M, False, CAUSAL, HAS_MASK, PRECISION,
+        HEAD_DIM, BLOCK_D, BLOCK_DO)
     out = offs_n[:, None] * HEAD_DIM + offs_o[None, :]
     out_ok = _tile_mask(offs_n, N_K, offs_o, True, HEAD_DIM, BLOCK_D)
-    _store(dk_ptr + out, dk * sm_scale, out_ok)
+    _store(dk_ptr + out, dk * sm_scale, out_ok)  # dK = s dS^T Q (eq. 9)
     _store(dv_ptr + out, dv, out_ok)
 
 
 @triton.jit
-def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, k_o_ptrs, stride_kn, stride_vn,
-                       offs_m, offs_n, offs_d, offs_o, lo, hi, mask_ptr, stride_mq,
-                       N_Q, N_K, N_M, qk_scale, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-                       CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, k_o_ptrs,
+                       stride_kn, stride_vn, offs_m, offs_n, offs_d, offs_o,
+                       lo, hi, mask_ptr, stride_mq, N_Q, N_K, N_M, qk_scale,
+                       BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                       CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+                       PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
     """Sweep key blocks [lo, hi) for one query block: dQ += dS K (eqs. 8-10)."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         kv_ok = _tile_mask(cols, N_K, offs_d, MASKED, HEAD_DIM, BLOCK_D)
         k = _load(k_ptrs + start_n * stride_kn, kv_ok)
         v = _load(v_ptrs + start_n * stride_vn, kv_ok)
+        # -- recompute P from the log-sum-exp (eq. 10)
         qk = _dot(q, tl.trans(k), None, PRECISION) * qk_scale
         if MASKED:
-            ok = _allowed(offs_m[:, None], cols[None, :], mask_ptr, stride_mq, N_Q, N_K, N_M,
-                          CAUSAL, HAS_MASK)
+            ok = _allowed(offs_m[:, None], cols[None, :], mask_ptr, stride_mq,
+                          N_Q, N_K, N_M, CAUSAL, HAS_MASK)
             p = tl.math.exp2(tl.where(ok, qk - lse[:, None], -float("inf")))
         else:
             p = tl.math.exp2(qk - lse[:, None])
+        # -- dS = P o (dP - D) (eq. 8)
         dp = _dot(do, tl.trans(v), None, PRECISION)
         ds = p * (dp - delta[:, None])
         if BLOCK_DO == BLOCK_D:
