@@ -287,7 +287,8 @@ def group_by_tags(
     ``round(|t - hbar_n|) * 100 - score`` (eq. ae-cost), and a match is accepted when
     the tag distance is below ``tag_threshold``; unmatched candidates start new people.
     Then, if ``fill_missing``, each missing joint of a person is placed where
-    ``round(|tag - hbar_n|) * 100 - heatmap`` is lowest (mmpose's fill-in); if
+    ``round(|tag - hbar_n|) * 100 - heatmap`` is lowest (mmpose's cost, searched here
+    over the raw heatmap; mmpose searches the suppressed one); if
     ``refine``, joints move a quarter pixel towards the higher neighbour. People are
     ranked by the mean of their K joint scores and the best ``max_people`` kept.
     Returns a :class:`Grouping` with coordinates in heatmap pixels.
@@ -303,7 +304,10 @@ def group_by_tags(
     if order is None:
         coco = K == len(COCO_GROUPING_ORDER)
         order = COCO_GROUPING_ORDER if coco else tuple(range(K))
-    if not isinstance(order, (tuple, list)) or sorted(order) != list(range(K)):
+    if not isinstance(order, (tuple, list)) or any(
+            isinstance(j, bool) or not isinstance(j, int) for j in order):
+        raise TypeError(f"order must be a tuple of ints, got {order!r}")
+    if sorted(order) != list(range(K)):
         raise ValueError(f"order must be a permutation of 0..{K - 1}, got {order!r}")
 
     suppressed = heatmap_nms(heatmaps.detach().float(), nms_kernel)
@@ -376,6 +380,9 @@ def grouping_accuracy(
     owner. A person split in two therefore loses the joints of its smaller part, and
     two people merged into one lose the joints of one of them.
     """
+    if not isinstance(grouping, Grouping):
+        raise TypeError(f"grouping must be a Grouping from group_by_tags, got "
+                        f"{type(grouping).__name__}")
     check_tensor(gt_joints, "gt_joints", ndim=4, dtypes=FLOATS)
     check_tensor(gt_visibility, "gt_visibility", ndim=3)
     check_real(radius, "radius", minimum=0.0, strict=True)

@@ -78,12 +78,12 @@ class AENet(nn.Module):
     (B, stacks, K, S/2, S/2). Stack s > 0 starts from stack s-1's features plus a 1x1
     projection of its predictions (Newell et al. 2016's intermediate supervision).
     coords: append the pixel coordinates x and y (in [-1, 1]) to the image as two more
-    input channels (CoordConv), so that tags can depend on position from the first
-    step; the original network has no such channels.
+    input channels (CoordConv), so that tags can depend on position directly; off by
+    default, as in the original network (chapter 13, exercise 1).
     """
 
     def __init__(self, k: int = 17, width: int = 32, depth: int = 3, stacks: int = 2,
-                 coords: bool = True):
+                 coords: bool = False):
         super().__init__()
         self.k, self.depth, self.stacks = (check_int(k, "k", minimum=1),
                                            check_int(depth, "depth", minimum=1),
@@ -152,11 +152,11 @@ def to_image(xy: torch.Tensor, stride: int) -> torch.Tensor:
 
 def pose_targets(people: People, stride: int = 2, sigma: float = 1.0
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training targets for a batch of rendered people.
+    """Training targets for a batch of rendered people (chapter 13, eq. ae-heat).
 
     Returns heatmaps (B, K, h, w), for each joint type the maximum over people of a
     Gaussian of width ``sigma`` (heatmap pixels) at every labelled joint (visibility
-    > 0), and joints (B, P, K, 3) as (x, y, visible) in heatmap pixels for
+    > 0) inside the map, and joints (B, P, K, 3) as (x, y, visible) in heatmap pixels for
     :func:`lib.assoc_embed.ae_loss`. h = w = image size / stride.
     """
     if not isinstance(people, People):
@@ -188,7 +188,7 @@ def ae_training_loss(
     sigma: float = 1.0,
 ) -> torch.Tensor:
     """Sum over stacks of heatmap_weight * MSE + pull_weight * pull + push_weight *
-    push.
+    push (chapter 13, eq. ae-total with eqs. ae-heat, ae-pull and ae-push).
 
     images (B, 3, S, S); heatmaps (B, K, S/2, S/2) and joints (B, P, K, 3) from
     :func:`pose_targets`. The MSE is the mean over all heatmap pixels (most are 0, hence
