@@ -18,19 +18,30 @@ load can hit the L1 or L2 cache) or more (a partly masked access still moves who
 
 The counting is switched on for the duration of one :func:`count_accesses` call and
 switched off again, also when the kernel raises; other launches are not affected.
+
+It needs the interpreter in this process (``TRITON_INTERPRET=1`` when Triton was
+imported, which ``lib`` arranges when there is no CUDA). Where Triton runs compiled (a
+CUDA machine), :func:`interpreted_call` runs a counting function in a fresh Python
+process with the interpreter on and returns its result.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from . import backend
 from .backend import _INSTALL_HINT, HAS_TRITON
 
-__all__ = ["Accesses", "KernelAccesses", "count_accesses"]
+__all__ = ["Accesses", "KernelAccesses", "count_accesses", "interpreted_call"]
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,11 @@ def count_accesses(kernel, grid, *args, **kwargs) -> KernelAccesses:
     """
     if not HAS_TRITON:
         raise RuntimeError(f"count_accesses runs Triton's interpreter: {_INSTALL_HINT}")
+    if not backend.INTERPRET:
+        raise RuntimeError(
+            "count_accesses needs Triton's interpreter in this process (TRITON_INTERPRET=1 "
+            "before Triton is imported); where Triton runs compiled, call the counting "
+            "function through lib.access_count.interpreted_call")
     from triton.runtime import interpreter
     from triton.runtime.jit import JITFunction
 
@@ -217,3 +233,37 @@ def count_accesses(kernel, grid, *args, **kwargs) -> KernelAccesses:
         result.stray_loads += gap_loads
         result.stray_stores += gap_stores
     return result
+
+
+def interpreted_call(function: str, *args, **kwargs):
+    """``function(*args, **kwargs)`` in a fresh Python process with Triton's interpreter
+    on (``TRITON_INTERPRET=1``), and its result: how a process whose Triton runs
+    compiled (a CUDA machine) counts accesses.
+
+    function: the dotted name of a ``lib`` function, e.g.
+    ``"lib.softmax.kernel_accesses"``. Arguments and result travel by ``torch.save``:
+    tensors must be on the CPU.
+    """
+    if not isinstance(function, str):
+        raise TypeError(f"function must be a dotted name (str), got {type(function).__name__}")
+    module_name, _, name = function.rpartition(".")
+    try:
+        module = importlib.import_module(module_name) if module_name else None
+    except ImportError:
+        module = None
+    if module_name.split(".")[0] != "lib" or not callable(getattr(module, name, None)):
+        raise ValueError(f"function must name a function of lib, got {function!r}")
+    code = ("import sys, torch, importlib, lib\n"
+            "module, name, args, kwargs = torch.load(sys.argv[1], weights_only=False)\n"
+            "result = getattr(importlib.import_module(module), name)(*args, **kwargs)\n"
+            "torch.save(result, sys.argv[2])\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        given, result = os.path.join(tmp, "args.pt"), os.path.join(tmp, "result.pt")
+        torch.save((module_name, name, args, kwargs), given)
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        done = subprocess.run([sys.executable, "-c", code, given, result], env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{function} failed under Triton's interpreter:\n"
+                               f"{done.stderr[-3000:]}")
+        return torch.load(result, weights_only=False)

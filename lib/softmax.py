@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from ._triton import tl, triton
-from .access_count import KernelAccesses, count_accesses
+from .access_count import KernelAccesses, count_accesses, interpreted_call
 from .backend import INTERPRET, resolve_backend
 from .kernel_spec import KernelSpec
 from .validate import (
@@ -360,7 +360,7 @@ def kernel_accesses(x: torch.Tensor, kernel: str = "forward", block_n: int | Non
                     ) -> KernelAccesses:
     """Launch one softmax kernel on ``x`` as the library does and count, element by
     element, what it loads and stores (:func:`lib.access_count.count_accesses`, through
-    Triton's interpreter on the CPU).
+    Triton's interpreter on the CPU; in a subprocess where Triton runs compiled).
 
     x: (rows, n) CPU tensor, fp32, fp16 or bf16. kernel: ``"forward"`` (the online
     kernel of :func:`softmax`: one sweep when the row fits in ``BLOCK_N`` columns,
@@ -375,6 +375,8 @@ def kernel_accesses(x: torch.Tensor, kernel: str = "forward", block_n: int | Non
         raise ValueError(f"x must be on the CPU (Triton's interpreter), got {x.device}")
     if x.numel() == 0:
         raise ValueError(f"x must have at least one row and column, got {tuple(x.shape)}")
+    if not INTERPRET:  # Triton runs compiled here (CUDA): count in a fresh interpreter
+        return interpreted_call("lib.softmax.kernel_accesses", x, kernel, block_n)
     x = x.contiguous()
     if kernel == "backward":
         y = softmax_reference(x)

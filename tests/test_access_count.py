@@ -4,8 +4,10 @@ import pytest
 import torch
 
 import lib  # noqa: F401  (sets TRITON_INTERPRET before triton is imported)
+import lib.access_count
+import lib.softmax
 from lib._triton import tl, triton
-from lib.access_count import count_accesses
+from lib.access_count import count_accesses, interpreted_call
 
 triton_runtime = pytest.importorskip("triton.runtime.interpreter")
 
@@ -110,6 +112,40 @@ def test_table_lists_every_tensor_argument():
     x, y = torch.randn(10), torch.zeros(10)
     text = count_accesses(_copy, (1,), x, y, 10, BLOCK=16).table()
     assert "x_ptr" in text and "y_ptr" in text and "1 programs" in text
+
+
+def test_without_the_interpreter_count_in_a_fresh_process(monkeypatch):
+    """Where Triton runs compiled (CUDA), count_accesses refuses and says what to use;
+    kernel_accesses goes through interpreted_call and gets the same counts."""
+    x = torch.randn(2, 40).half()
+    here = lib.softmax.kernel_accesses(x, "forward", 16)
+    monkeypatch.setattr(lib.access_count.backend, "INTERPRET", False)
+    with pytest.raises(RuntimeError, match="interpreted_call"):
+        count_accesses(_copy, 1, x, torch.empty_like(x), 4, BLOCK=4)
+    monkeypatch.setattr(lib.softmax, "INTERPRET", False)
+    there = lib.softmax.kernel_accesses(x, "forward", 16)
+    assert there.totals() == here.totals() == (2 * 40 * 2, 2 * 40)
+    assert torch.equal(there["x_ptr"].loads, here["x_ptr"].loads)
+
+
+@pytest.mark.parametrize(
+    "function, error, words",
+    [
+        (len, TypeError, "function must be a dotted name"),
+        ("os.getcwd", ValueError, "function must name a function of lib"),
+        ("lib.softmax.no_such_function", ValueError, "must name a function of lib"),
+        ("lib.no_such_module.f", ValueError, "must name a function of lib"),
+        ("lib.softmax.METHODS", ValueError, "must name a function of lib"),
+    ],
+)
+def test_interpreted_call_bad_names(function, error, words):
+    with pytest.raises(error, match=words):
+        interpreted_call(function)
+
+
+def test_interpreted_call_reports_the_child_error():
+    with pytest.raises(RuntimeError, match="failed under Triton's interpreter"):
+        interpreted_call("lib.softmax.kernel_accesses", torch.randn(3))
 
 
 @pytest.mark.parametrize(
