@@ -387,11 +387,12 @@ def _run(layers: list, x):
     return x
 
 
-def checkpoint_sequential(layers, segments: int, x: torch.Tensor, *,
-                          preserve_rng_state: bool = True):
+def checkpoint_sequential(layers: nn.Sequential | Sequence[Callable], segments: int,
+                          x: torch.Tensor, *, preserve_rng_state: bool = True) -> torch.Tensor:
     """Run ``layers`` on ``x`` in ``segments`` checkpointed segments (chapter 3, eq. 4).
 
-    layers: an ``nn.Sequential`` or a list of modules (callables), each taking one input.
+    layers: an ``nn.Sequential`` or a list of modules (callables), each taking one input;
+    x: the first layer's input, e.g. (batch, width); returns the last layer's output.
     The chain is cut by ``segment_sizes``; the first ``segments - 1`` segments are
     checkpointed, the last runs normally (it would be recomputed right away). So
     ``segments=1`` is no checkpointing, and the peak is ``peak_activations(n, segments)``
@@ -409,8 +410,11 @@ def checkpoint_sequential(layers, segments: int, x: torch.Tensor, *,
     return _run(layers[start:], x)
 
 
-def checkpoint_recursive(layers, x: torch.Tensor, *, preserve_rng_state: bool = True):
+def checkpoint_recursive(layers: nn.Sequential | Sequence[Callable], x: torch.Tensor, *,
+                         preserve_rng_state: bool = True) -> torch.Tensor:
     """Run ``layers`` on ``x`` with nested checkpoints: the recursive extreme (chapter 3, eq. 7).
+
+    layers and x as in :func:`checkpoint_sequential`.
 
     The left half (``ceil(n / 2)`` layers) is checkpointed, and both halves recurse, down to
     single layers. Peak O(log n) activations for O(n log n) forward calls; the schedule is

@@ -210,7 +210,37 @@ def test_recursive_bytes_and_calls_equal_its_schedule(n):
     run = lambda x: checkpoint_recursive(model, x)
     schedule = recursive_schedule(n)
     assert saved_activation_bytes(run, x) == schedule.peak * UNIT
-    assert sum(forward_calls(list(model), run, x)) == schedule.forwards
+    per_layer = [sum(s.op != "backward" and s.layer == i for s in schedule.steps)
+                 for i in range(1, n + 1)]
+    assert forward_calls(list(model), run, x) == per_layer
+    if n & (n - 1) == 0:  # a power of two: the first layer at every level, the last once
+        assert per_layer[0] == int(math.log2(n)) + 1 and per_layer[-1] == 1
+
+
+@pytest.mark.parametrize("n", [12, 16])
+def test_hooks_count_torch_checkpoint_sequential_like_ours_where_segments_agree(n):
+    """The oracle for the ledger: PyTorch's checkpoint_sequential, k dividing n."""
+    model = mlp_chain(n, WIDTH)
+    x = torch.randn(BATCH, WIDTH, requires_grad=True)
+    for k in [k for k in range(1, n + 1) if n % k == 0]:
+        ours = saved_activation_bytes(lambda x, k=k: checkpoint_sequential(model, k, x), x)
+        theirs = saved_activation_bytes(
+            lambda x, k=k: torch_cp.checkpoint_sequential(model, k, x, use_reentrant=False), x)
+        assert ours == theirs == peak_activations(n, k) * UNIT
+
+
+def test_hooks_do_not_see_what_torch_checkpoint_recomputes():
+    """Our checkpoint keeps recomputed tensors as saved tensors, PyTorch's does not (chapter 3
+    shows this blind spot of the ledger): a 6 + 2 cut peaks while rebuilding the 6."""
+    model = mlp_chain(8, WIDTH)
+    x = torch.randn(BATCH, WIDTH, requires_grad=True)
+
+    def uneven(ckpt):
+        return lambda x: model[6:](ckpt(model[:6], x))
+
+    torch_ckpt = lambda m, x: torch_cp.checkpoint(m, x, use_reentrant=False)  # noqa: E731
+    assert saved_activation_bytes(uneven(checkpoint), x) == 6 * UNIT
+    assert saved_activation_bytes(uneven(torch_ckpt), x) == (1 + 2) * UNIT
 
 
 @pytest.mark.parametrize("n,k", [(1, 1), (10, 1), (10, 3), (10, 10), (64, 8)])
