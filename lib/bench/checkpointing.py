@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import math
+import statistics
 import time
 
 import torch
@@ -26,7 +26,7 @@ def bench_checkpointing(args) -> None:
     )
     from ..memory import forward_calls, peak_memory, saved_activation_bytes
 
-    n, device = 64, default_device()
+    n, device, rounds = 64, default_device(), 7
     if not CUDA:  # one thread: idle OpenMP threads spinning on a shared CPU swamp the timings
         torch.set_num_threads(1)
     run = lambda model, k: (lambda x: checkpoint_sequential(model, k, x))  # noqa: E731
@@ -55,7 +55,7 @@ def bench_checkpointing(args) -> None:
     print(f"k = 8: {k8 / plain:.3f} of the no-checkpoint bytes (at most 1/3: {3 * k8 <= plain}); "
           f"optimal_segments({n}) = {optimal_segments(n)}")
 
-    # Time: a compute-bound size; configurations interleaved, best of several rounds.
+    # Time: a compute-bound size; configurations interleaved, median of several rounds.
     import torch.utils.checkpoint as torch_checkpoint
 
     width, batch = (4096, 4096) if CUDA else (512, 128)
@@ -71,8 +71,7 @@ def bench_checkpointing(args) -> None:
         fn(x).sum().backward()
 
     def forward_only():
-        with torch.no_grad():
-            model(x)
+        model(x)  # with grad, as the recomputation runs: it records the graph, then drops it
 
     calls = {name: functools.partial(step, fn) for name, fn in runs.items()}
     calls["forward"] = forward_only
@@ -80,29 +79,38 @@ def bench_checkpointing(args) -> None:
         times = {name: gpu_time_ms(f) for name, f in calls.items()}
         cpu, kind = times, "CUDA, median of triton.testing.do_bench"
     else:
-        times, cpu = {name: math.inf for name in calls}, {name: math.inf for name in calls}
-        for _ in range(10):
+        walls = {name: [] for name in calls}
+        procs = {name: [] for name in calls}
+        for f in calls.values():  # warm up
+            f()
+        for _ in range(rounds):
             for name, f in calls.items():
                 wall, proc = time.perf_counter(), time.process_time()
                 f()
-                times[name] = min(times[name], (time.perf_counter() - wall) * 1e3)
-                cpu[name] = min(cpu[name], (time.process_time() - proc) * 1e3)
-        kind = "CPU, 1 thread, best of 10 interleaved rounds"
+                walls[name].append((time.perf_counter() - wall) * 1e3)
+                procs[name].append((time.process_time() - proc) * 1e3)
+        times = {name: statistics.median(t) for name, t in walls.items()}
+        cpu = {name: statistics.median(t) for name, t in procs.items()}
+        kind = f"CPU, 1 thread, median of {rounds} interleaved rounds"
     share = times["forward"] / times["plain"]
     print(f"one forward + backward, width {width}, batch {batch} ({kind}):")
     print(f"  no checkpointing {times['plain']:.1f} ms; a forward alone {times['forward']:.1f} ms "
           f"= {share:.3f} of the step")
     print(f"{'k':>4}{'lib ms':>9}{'overhead':>10}{'CPU-time':>10}{'torch ms':>10}{'overhead':>10}"
-          f"{'model':>8}")
+          f"{'model':>8}{'lib rounds':>16}")
     for k in ks:
         model_ratio = 1 + (forward_count(n, k) - n) / n * share  # eq. 6: the extra forwards
         lib, ref = ("lib", k), ("torch", k)
-        extra = f"  peak {peak_memory(runs[lib], x) / 2**20:.0f} MiB" if CUDA else ""
+        if CUDA:
+            extra = f"  peak {peak_memory(runs[lib], x) / 2**20:.0f} MiB"
+        else:  # the spread: each round's lib / plain ratio
+            ratios = [t / p for t, p in zip(walls[lib], walls["plain"], strict=True)]
+            extra = f"  {min(ratios):.3f}-{max(ratios):.3f}"
         print(f"{k:>4}{times[lib]:>9.1f}{times[lib] / times['plain']:>10.3f}"
               f"{cpu[lib] / cpu['plain']:>10.3f}{times[ref]:>10.1f}"
               f"{times[ref] / times['plain']:>10.3f}{model_ratio:>8.3f}{extra}")
-    print("model = 1 + (extra forwards / n) x (forward share of a step); overhead = time / "
-          "no-checkpoint time")
+    print("model = 1 + (extra forwards / n) x (forward share of a step, forward with grad on); "
+          "overhead = time / no-checkpoint time; lib rounds = range of the per-round ratios")
     print("anchors: Chen et al. 2016, +30% running time (1000-layer ResNet, 48 GB -> 7 GB); "
           "OpenAI gradient-checkpointing, +20% computation time")
 
