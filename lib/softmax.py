@@ -432,6 +432,8 @@ class _TritonSoftmax(torch.autograd.Function):
 def softmax(x: torch.Tensor, dim: int = -1, backend: str = "auto") -> torch.Tensor:
     """Softmax of ``x`` along ``dim`` with fp32 math; the output has ``x``'s shape and dtype.
 
+    y = exp(x - m) / d (eq. 3); the Triton kernel computes (m, d) online, block by
+    block (eqs. 4-5), and its backward pass is eq. 7.
     x: any shape with at least one dimension, dtype fp32, fp16 or bf16.
     backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` (the online-softmax
     kernel, through Triton's interpreter on CPU) or ``"torch"`` (:func:`softmax_reference`).

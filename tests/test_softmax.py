@@ -24,7 +24,11 @@ from lib.softmax import (
     softmax_traffic_model,
 )
 
-# Output tolerances per dtype: fp32 math everywhere, so the error is the output rounding.
+# Output tolerances per dtype, absolute (probabilities lie in [0, 1]). Both sides compute
+# in fp32 and round once to the dtype; below 1 two roundings of nearly equal fp32 values
+# are at most one ulp = eps / 2 apart, plus the (tiny) difference of the fp32 values.
+# ATOL is about eps: 2^-10 ~ 1e-3 (fp16), 2^-7 ~ 8e-3 (bf16); fp32: 1e-6, where the fp32
+# sums' rounding dominates ((N + R) u32 relative at worst, far less measured).
 ATOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 DTYPES = list(ATOL)
 
