@@ -196,7 +196,12 @@ class TransformerBlock(nn.Module):
         )
         self.residual_projections = (self.attn.proj, self.mlp[2])
 
-    def forward(self, x, past=None, mask=None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: (B, T, C); past, mask as in :class:`MultiHeadAttention`. Returns (x, (k, v))."""
         a, present = self.attn(self.ln1(x), past=past, causal=True, mask=mask)
         x = x + a  # the residual path: gradient 1 straight to the input

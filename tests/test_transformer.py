@@ -46,7 +46,7 @@ def test_sinusoidal_positions_formula():
 @settings(max_examples=30, deadline=None)
 @given(k=st.integers(-60, 60), half_d=st.integers(1, 16), base=st.sampled_from([100.0, 1e4]))
 def test_relative_position_is_a_rotation(k, half_d, base):
-    """PE[p + k] = M_k PE[p] for every p, and M_k is orthogonal (eq. 9)."""
+    """PE[p + k] = M_k PE[p] for every p, and M_k is orthogonal (eq. 8)."""
     d = 2 * half_d
     pe = sinusoidal_positions(200, d, base)
     m = position_rotation(k, d, base)
@@ -152,7 +152,7 @@ def test_block_in_half_precision_is_close_to_fp32(dtype, atol):
 
 
 def test_pre_norm_residual_block_is_identity_plus_branches():
-    """eq. 10 spelled out: x + attn(LN1(x)), then + mlp(LN2(.))."""
+    """eq. 11 spelled out: x + attn(LN1(x)), then + mlp(LN2(.))."""
     torch.manual_seed(5)
     block = TransformerBlock(8, 2)
     x = torch.randn(1, 6, 8)
