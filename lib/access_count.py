@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,7 +149,7 @@ def _check_grid(grid) -> tuple[int, ...]:
     return grid
 
 
-def count_accesses(kernel, grid, *args, **kwargs) -> KernelAccesses:
+def count_accesses(kernel, grid: int | tuple[int, ...], *args, **kwargs) -> KernelAccesses:
     """Run ``kernel[grid](*args, **kwargs)`` once through Triton's interpreter, counting
     per tensor argument how often each element is loaded and stored.
 
@@ -235,7 +236,7 @@ def count_accesses(kernel, grid, *args, **kwargs) -> KernelAccesses:
     return result
 
 
-def interpreted_call(function: str, *args, **kwargs):
+def interpreted_call(function: str, *args, **kwargs) -> Any:
     """``function(*args, **kwargs)`` in a fresh Python process with Triton's interpreter
     on (``TRITON_INTERPRET=1``), and its result: how a process whose Triton runs
     compiled (a CUDA machine) counts accesses.

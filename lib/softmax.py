@@ -37,6 +37,7 @@ from .validate import (
     check_choice,
     check_dim,
     check_positive_int,
+    check_same,
     check_tensor,
 )
 
@@ -122,6 +123,16 @@ def merge_states(
     """
     for name, t in (("m1", m1), ("d1", d1), ("m2", m2), ("d2", d2)):
         check_tensor(t, name, dtypes=(torch.float32, torch.float64))
+    check_same("device", m1=m1, d1=d1, m2=m2, d2=d2)
+    try:
+        torch.broadcast_shapes(m1.shape, d1.shape, m2.shape, d2.shape)
+    except RuntimeError:
+        raise ValueError("m1, d1, m2, d2 must broadcast to one shape, got "
+                         f"{[tuple(t.shape) for t in (m1, d1, m2, d2)]}") from None
+    for name, d in (("d1", d1), ("d2", d2)):
+        if bool((d < 0).any()):  # a normalizer is a sum of exponentials
+            raise ValueError(f"{name} must be >= 0 (a sum of exponentials), got "
+                             f"{d[d < 0].flatten()[0].item():g}")
     m = torch.maximum(m1, m2)
     m_ref = torch.where(m == -math.inf, torch.zeros_like(m), m)
     return m, d1 * torch.exp(m1 - m_ref) + d2 * torch.exp(m2 - m_ref)

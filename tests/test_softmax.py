@@ -345,6 +345,14 @@ def test_bad_input_is_named(args, kwargs, error, words):
         (online_softmax_states, (torch.randn(2, 0), 1), ValueError, "at least one entry"),
         (merge_states, (torch.tensor(1), *[torch.tensor(1.0)] * 3), TypeError,
          "m1 must have dtype"),
+        (merge_states, ([0.0], *[torch.tensor(1.0)] * 3), TypeError,
+         "m1 must be a torch.Tensor"),
+        (merge_states, (*[torch.tensor(1.0)] * 3, torch.tensor(-1.0)), ValueError,
+         "d2 must be >= 0"),
+        (merge_states, (torch.zeros(2), torch.ones(2), torch.zeros(3), torch.ones(3)),
+         ValueError, "must broadcast to one shape"),
+        (merge_states, (*[torch.tensor(1.0)] * 3, torch.ones((), device="meta")),
+         ValueError, "must have the same device"),
     ],
 )
 def test_bad_input_to_the_helpers_is_named(fn, args, error, words):
