@@ -66,9 +66,11 @@ def _unscale_span(ptr, start, end, inv_scale, BLOCK: tl.constexpr):
     Full blocks load without a mask, and the hints say that their offsets are
     BLOCK-aligned and the addresses 16-byte aligned (start is a multiple of CHUNK,
     each tensor starts 16-byte aligned), so the compiler emits 16-byte vector
-    loads; the partial block is masked.
+    loads; the partial block is masked. The inf/NaN flags are kept per lane and
+    reduced across the block once, after the loop: a reduction per block would
+    synchronise the program's warps at every iteration.
     """
-    bad = tl.zeros((), tl.int32)
+    bad = tl.zeros((BLOCK,), tl.int32)
     n_full = (end - start) // BLOCK
     for i in range(0, n_full):
         offs = start + i * BLOCK + tl.arange(0, BLOCK)
@@ -76,12 +78,12 @@ def _unscale_span(ptr, start, end, inv_scale, BLOCK: tl.constexpr):
         p = tl.multiple_of(ptr + offs, 16)
         y, b = _check_and_scale(tl.load(p), inv_scale)
         tl.store(p, y.to(ptr.dtype.element_ty))
-        bad = tl.maximum(bad, tl.max(b, 0))
+        bad = tl.maximum(bad, b)
     offs = start + n_full * BLOCK + tl.arange(0, BLOCK)
     mask = offs < end
     y, b = _check_and_scale(tl.load(ptr + offs, mask=mask, other=0.0), inv_scale)
     tl.store(ptr + offs, y.to(ptr.dtype.element_ty), mask=mask)
-    return tl.maximum(bad, tl.max(b, 0))
+    return tl.max(tl.maximum(bad, b), 0)
 
 
 @triton.jit
