@@ -241,6 +241,9 @@ class LMOutput(NamedTuple):
 
 
 POSITIONS = ("sinusoidal", "learned")
+#: default std of a learned position table: the sinusoid table's root mean square (eq. 7:
+#: each sin/cos pair has sin^2 + cos^2 = 1, so the mean square is 1/2)
+POS_INIT_STD = 0.5**0.5
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,10 @@ class TinyLMConfig:
     n_heads), n_heads H, n_layers (blocks), max_len (positions in the table), mlp_ratio
     (the MLP's hidden width over C), positions: ``"sinusoidal"`` (eq. 7, fixed) or
     ``"learned"`` (a trained (max_len, C) table, as in row (E) of the paper's Table 3).
+    pos_init_std: the standard deviation of the learned table's N(0, std^2) initial
+    values, a positive real; the default sqrt(1/2) is the sinusoid table's root mean
+    square, nanoGPT and GPT-2 use 0.02. Only a learned table has one: with
+    ``positions="sinusoidal"`` a value other than the default is refused.
     """
 
     vocab_size: int
@@ -260,11 +267,17 @@ class TinyLMConfig:
     max_len: int
     mlp_ratio: int = 4
     positions: str = "sinusoidal"
+    pos_init_std: float = POS_INIT_STD
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_len", "mlp_ratio"):
             check_positive_int(getattr(self, name), name)
         check_choice(self.positions, "positions", POSITIONS)
+        check_real(self.pos_init_std, "pos_init_std", minimum=0.0, strict=True)
+        if self.positions != "learned" and self.pos_init_std != POS_INIT_STD:
+            raise ValueError(f"pos_init_std initialises a learned position table; with "
+                             f"positions={self.positions!r} there is none, got "
+                             f"pos_init_std={self.pos_init_std}")
         if self.d_model % 2:
             raise ValueError(f"d_model must be even for sinusoidal positions, got {self.d_model}")
         if self.d_model % self.n_heads:
@@ -278,7 +291,8 @@ class TinyLM(nn.Module):
     ``TinyLM(TinyLMConfig(vocab_size=65, d_model=64, n_heads=4, n_layers=2, max_len=64))``.
     Token embeddings are scaled by sqrt(C) and tied to the output layer, as in Vaswani
     et al.; positions come from :func:`sinusoidal_positions` (``pos_table``, a buffer)
-    or, with ``config.positions == "learned"``, from a trained table ``pos_emb``. Any
+    or, with ``config.positions == "learned"``, from a trained table ``pos_emb``
+    (initialised N(0, ``config.pos_init_std``^2)). Any
     position below ``max_len`` can be addressed, including the repeated positions of a
     tree of candidates. ``backend`` goes to every block's attention.
     """
@@ -316,12 +330,12 @@ class TinyLM(nn.Module):
         # nanoGPT/GPT-2: N(0, 0.02) weights and zero biases; the residual projections shrunk
         # by 1/sqrt(2 n_layers) so that the residual stream's variance does not grow with
         # depth; token embeddings N(0, 1/C), so that sqrt(C) x embedding is N(0, 1);
-        # a learned position table N(0, 1/2): the mean square of the sinusoid table (each
-        # sin/cos pair has sin^2 + cos^2 = 1), so the two kinds differ in form, not size.
+        # a learned position table N(0, config.pos_init_std^2): by default the sinusoid
+        # table's mean square, so that the two kinds differ in form, not size.
         if module is self.lm_head:
             return  # tied: its weight is the token embedding, initialised as one
         if module is getattr(self, "pos_emb", None):
-            nn.init.normal_(module.weight, 0.0, 0.5**0.5)
+            nn.init.normal_(module.weight, 0.0, self.config.pos_init_std)
             return
         if isinstance(module, nn.Linear):
             std = 0.02

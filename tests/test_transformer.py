@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import lib.transformer as tr
 from lib.attention import attention_reference
 from lib.transformer import (
+    POS_INIT_STD,
     MultiHeadAttention,
     TinyLM,
     TinyLMConfig,
@@ -345,6 +346,24 @@ def test_learned_positions_are_a_trained_table_of_the_sinusoids_scale():
     assert (grad_rows[:9] > 0).all() and (grad_rows[9:] == 0).all()
 
 
+def test_pos_init_std_scales_the_learned_table_and_nothing_else():
+    """pos_init_std=0.02 (nanoGPT's): the same normal draws times 0.02 / sqrt(1/2)."""
+    sizes = dict(positions="learned", d_model=64, n_heads=4, max_len=128)
+    default, small = tiny(seed=5, **sizes), tiny(seed=5, pos_init_std=0.02, **sizes)
+    assert TinyLMConfig(11, 16, 2, 2, 40).pos_init_std == 0.5**0.5 == POS_INIT_STD
+    # a sample std of 8192 normal draws is within 3% of sigma (~4 std errors)
+    assert small.pos_emb.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    # N(0, s^2) is s times a standard normal draw z; each side rounds z s to fp32 and the
+    # rescaled side rounds once more (and its factor once): 4 roundings of 2^-24 at most
+    torch.testing.assert_close(small.pos_emb.weight,
+                               default.pos_emb.weight * (0.02 / POS_INIT_STD),
+                               rtol=2**-22, atol=0)
+    others = small.state_dict()
+    for name, w in default.state_dict().items():  # the same RNG stream for the rest
+        if name != "pos_emb.weight":
+            assert torch.equal(others[name], w), name
+
+
 def test_learned_positions_equal_sinusoidal_when_given_the_same_table():
     """Copy the sinusoid table into the learned one: the two models are the same function."""
     sin_model = tiny(seed=3)
@@ -404,6 +423,20 @@ PAST = MODEL(IDX).past
         (lambda: TinyLMConfig(5, 8, 2, 1, 8, positions=None), ValueError,
          "positions must be one of"),
         (lambda: TinyLMConfig("5", 8, 2, 1, 8), TypeError, "vocab_size must be an int"),
+        (lambda: TinyLMConfig(5, 8, 2, 1, 8, positions="learned", pos_init_std=0.0),
+         ValueError, "pos_init_std must be greater than 0"),
+        (lambda: TinyLMConfig(5, 8, 2, 1, 8, positions="learned", pos_init_std=-0.02),
+         ValueError, "pos_init_std must be greater than 0"),
+        (lambda: TinyLMConfig(5, 8, 2, 1, 8, positions="learned", pos_init_std=math.nan),
+         ValueError, "pos_init_std must be finite"),
+        (lambda: TinyLMConfig(5, 8, 2, 1, 8, positions="learned", pos_init_std=math.inf),
+         ValueError, "pos_init_std must be finite"),
+        (lambda: TinyLMConfig(5, 8, 2, 1, 8, positions="learned", pos_init_std="0.02"),
+         TypeError, "pos_init_std must be a real number"),
+        (lambda: TinyLMConfig(5, 8, 2, 1, 8, positions="learned", pos_init_std=True),
+         TypeError, "pos_init_std must be a real number"),
+        (lambda: TinyLMConfig(5, 8, 2, 1, 8, pos_init_std=0.02), ValueError,
+         "pos_init_std initialises a learned position table"),
         (lambda: TinyLM({"vocab_size": 5}), TypeError, "config must be a TinyLMConfig"),
         (lambda: TinyLM(TinyLMConfig(5, 8, 2, 1, 8), backend="gpu"), ValueError,
          "backend must be one of"),
