@@ -151,6 +151,19 @@ def _check_loops(block_m, block_n, on_tile) -> None:
         check_callable(on_tile, "on_tile")
 
 
+def _masked_scores(q_i, k_j, scale: float, q0: int, k0: int, n_q: int, n_k: int,
+                   causal: bool) -> torch.Tensor:
+    """S = scale Q_i K_j^T of the tile whose first query is q0 and first key k0, with the
+    keys a causal (bottom-right) query may not see set to -inf, by the kernels' rule."""
+    s = scale * (q_i @ k_j.transpose(-2, -1))  # (B, H, bm, bn)
+    if causal:
+        rows = torch.arange(q0, q0 + q_i.shape[-2], device=q_i.device)
+        cols = torch.arange(k0, k0 + k_j.shape[-2], device=q_i.device)
+        hidden = cols[None, :] >= _keys_end_on_host(rows[:, None], n_q, n_k)
+        s = s.masked_fill(hidden, -math.inf)
+    return s
+
+
 def attention_tiled(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -183,7 +196,6 @@ def attention_tiled(
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     for i, q0 in enumerate(range(0, n_q, block_m)):
-        rows = torch.arange(q0, min(q0 + block_m, n_q), device=q.device)
         q_i = traffic.read("q", q[..., q0 : q0 + block_m, :]).float()
         m = torch.full(q_i.shape[:-1], -math.inf, device=q.device)  # (B, H, bm)
         l = torch.zeros_like(m)
@@ -192,11 +204,7 @@ def attention_tiled(
         for j, k0 in enumerate(range(0, hi, block_n)):
             k_j = traffic.read("k", k[..., k0 : k0 + block_n, :]).float()
             v_j = traffic.read("v", v[..., k0 : k0 + block_n, :]).float()
-            s = scale * (q_i @ k_j.transpose(-2, -1))  # (B, H, bm, bn): one score tile
-            if causal:
-                cols = torch.arange(k0, k0 + k_j.shape[-2], device=q.device)
-                hidden = cols[None, :] >= _keys_end_on_host(rows[:, None], n_q, n_k)
-                s = s.masked_fill(hidden, -math.inf)
+            s = _masked_scores(q_i, k_j, scale, q0, k0, n_q, n_k, causal)  # one tile
             # online softmax (eq. 5): rescale the old state to the new running max
             m_new = torch.maximum(m, s.amax(-1))
             m_ref = torch.where(m_new == -math.inf, 0.0, m_new)  # fully masked row so far
@@ -258,12 +266,7 @@ def attention_tiled_backward(
 
     def probs(q0, k0, q_i, k_j, lse_i):
         """P = exp(S - L) of one (query block, key block) tile (eq. 10), masked."""
-        s = scale * (q_i @ k_j.transpose(-2, -1))
-        if causal:
-            rows = torch.arange(q0, q0 + q_i.shape[-2], device=q.device)
-            cols = torch.arange(k0, k0 + k_j.shape[-2], device=q.device)
-            hidden = cols[None, :] >= _keys_end_on_host(rows[:, None], n_q, n_k)
-            s = s.masked_fill(hidden, -math.inf)
+        s = _masked_scores(q_i, k_j, scale, q0, k0, n_q, n_k, causal)
         return torch.exp(s - lse_i[..., None])
 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
