@@ -133,11 +133,14 @@ def test_fp32_run_by_hand():
 
 
 def test_loss_factor_with_matching_eps_leaves_fp32_training_unchanged():
-    """Adam is invariant to a constant c in the loss when eps carries c too (up to rounding:
-    the tolerance is a few fp32 ulps per step over 20 steps)."""
+    """Adam is invariant to a constant c in the loss when eps carries c too. A power of two
+    scales every quantity exactly (chapter 2 relies on it: bit for bit); c = 1000 only up to
+    rounding (the tolerance is a few fp32 ulps per step over 20 steps)."""
     _, a = run(Recipe(), accumulation=1.0)
     _, b = run(Recipe(), accumulation=1024.0)
-    torch.testing.assert_close(torch.tensor(b.losses), torch.tensor(a.losses),
+    assert b.losses == a.losses
+    _, c = run(Recipe(), accumulation=1000.0)
+    torch.testing.assert_close(torch.tensor(c.losses), torch.tensor(a.losses),
                                rtol=1e-4, atol=0)
 
 
