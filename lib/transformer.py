@@ -256,8 +256,10 @@ class TinyLMConfig:
     ``"learned"`` (a trained (max_len, C) table, as in row (E) of the paper's Table 3).
     pos_init_std: the standard deviation of the learned table's N(0, std^2) initial
     values, a positive real; the default sqrt(1/2) is the sinusoid table's root mean
-    square, nanoGPT and GPT-2 use 0.02. Only a learned table has one: with
-    ``positions="sinusoidal"`` a value other than the default is refused.
+    square (nanoGPT uses 0.02, OpenAI's GPT-2 code 0.01, against token embeddings that
+    start at 0.02 where ours start at std 1 once scaled by sqrt(C)). Only a learned
+    table has one: with ``positions="sinusoidal"`` a value other than the default is
+    refused.
     """
 
     vocab_size: int
