@@ -242,3 +242,11 @@ def test_book_with_chapters_executes_only_those(tiny, book_run):
     assert report["1. Good"]["Outputs"] == "this build"
     assert report["2. Bad"]["Outputs"] == "committed"
     assert "Not re-executed" not in (tiny / "_build/html/chapters/02_bad.html").read_text()
+
+
+def test_the_committed_report_describes_the_committed_notebooks():
+    """book/build-report.csv is written from the notebooks' own timestamps and facts;
+    a chapter re-executed without `make refresh` (or `python book/build.py report`)
+    leaves it stale, and the rendered report would describe other outputs."""
+    done = driver(ROOT, "report", "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
