@@ -16,17 +16,20 @@ export OMP_NUM_THREADS ?= 1
 
 # The venv with torch, pinned, installed first (once; an existing venv is kept).
 $(VENV)/.torch:
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
-	touch $@
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing $(TORCH) into $(VENV) (pip's log: $(VENV)/install-torch.log)"
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install "$(TORCH)"; } \
+		> $(VENV)/install-torch.log 2>&1 || { tail -n 30 $(VENV)/install-torch.log; exit 1; }
+	@touch $@
 
 # lib with one extra of pyproject.toml: .installed-book (execute and render the book) or
 # .installed-dev (the tests; includes the book's tools, which nbval needs). Reinstalled
 # when pyproject.toml changes.
 $(VENV)/.installed-%: pyproject.toml $(VENV)/.torch
-	$(PY) -m pip install --quiet -e ".[$*]"
-	touch $@
+	@echo "Installing lib with its [$*] extra (pip's log: $(VENV)/install-$*.log)"
+	@$(PY) -m pip install -e ".[$*]" > $(VENV)/install-$*.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install-$*.log; exit 1; }
+	@touch $@
 
 install: $(VENV)/.installed-dev
 install-book: $(VENV)/.installed-book

@@ -47,6 +47,10 @@ from build_report import (
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("_config.yml", "_toc.yml", "book", "chapters")  # the book's sources
 PROBE_MARK = "BOOK_BUILD_PROBE "
+STALL = "CellTimeoutError: no reply within"  # how a cell's timeout reads in a result
+# Seconds a cell may run: quick cells take under a minute on a laptop CPU, so 300 s means
+# a stall, not work; full-scale cells on a GPU may train for many minutes.
+CELL_TIMEOUT = {"quick": 300, "full": 3600}
 # Run in the chapter's kernel after its last cell: what it ran on, without importing
 # anything the chapter did not (versions come from the installed packages' metadata).
 PROBE = """
@@ -150,7 +154,7 @@ async def _execute(nb, path: Path, timeout: int) -> dict:
                 kind = getattr(error, "ename", type(error).__name__)
                 message = getattr(error, "evalue", None) or str(error).strip()
                 if isinstance(error, CellTimeoutError):
-                    message = f"no reply within {timeout} s"
+                    message = f"{STALL.split(': ', 1)[1]} {timeout} s"
                 result = {"status": "failed", "cell": index + 1,
                           "execution_count": client.code_cells_executed,
                           "error": f"{kind}: {message.strip().splitlines()[0][:160]}"
@@ -212,8 +216,9 @@ class Run:
         r = self.result
         status = "ok" if r.get("status") == "ok" else "FAILED"
         seconds = f"{r.get('wall_seconds', 0):6.1f} s"
+        retried = f"  (retried: {r['retried']})" if r.get("retried") else ""
         return (f"  {status:<6}  {self.path.stem:<28} {seconds}  "
-                f"{r.get('scale', '?'):<5}  {r.get('device', '?')}")
+                f"{r.get('scale', '?'):<5}  {r.get('device', '?')}{retried}")
 
 
 def _estimate(pending, running, done, jobs: int) -> tuple[float, bool]:
@@ -236,18 +241,31 @@ def run_all(root: Path, runs: list[Run], dest: dict, jobs: int, timeout: int,
     """Execute every run's notebook, ``jobs`` at a time, longest first; print as they end."""
     from tqdm import tqdm
 
-    def work(run: Run) -> Run:
+    def attempt(run: Run, mode: str) -> dict:
         result_path = run.log.with_suffix(".json")
         result_path.unlink(missing_ok=True)
-        with run.log.open("w") as log:
+        with run.log.open(mode) as log:
             code = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), "_execute", str(run.path),
                  str(dest[run.path.stem]), str(result_path), str(timeout)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=root).returncode
-        run.result = (json.loads(result_path.read_text()) if result_path.is_file() else
-                      {"status": "failed", "cell": None,
-                       "error": f"the worker exited with code {code}"})
+        return (json.loads(result_path.read_text()) if result_path.is_file() else
+                {"status": "failed", "cell": None,
+                 "error": f"the worker exited with code {code}"})
+
+    def work(run: Run) -> Run:
+        run.result = attempt(run, "w")
+        if run.result.get("error", "").startswith(STALL):
+            # A cell with no answer within the timeout is most likely a message the
+            # kernel client lost (seen at ipywidgets cells: jupyter/nbclient#312), not
+            # slow code: once more in a fresh kernel, and the terminal line says so.
+            first = run.result
+            with run.log.open("a") as log:
+                print(f"\n--- cell {first.get('cell')}: {first['error']}; executing the "
+                      "chapter again in a fresh kernel ---\n", file=log, flush=True)
+            run.result = attempt(run, "a")
+            run.result["retried"] = f"cell {first.get('cell')} got no reply"
         return run
 
     pending = sorted(runs, key=lambda r: -r.expected)
@@ -271,6 +289,15 @@ def run_all(root: Path, runs: list[Run], dest: dict, jobs: int, timeout: int,
             text = f"{'at least' if over else 'about'} {_duration(left)} left"
             bar.set_postfix_str(text if running else "", refresh=True)
     bar.close()
+
+
+def _scale(env: dict) -> str:
+    """The scale the chapters will run at under ``env``: lib.backend.scale's rule
+    (BOOK_SCALE, else full on CUDA and quick without)."""
+    from lib.backend import CUDA
+
+    value = env.get("BOOK_SCALE", "").strip().lower()
+    return value if value in CELL_TIMEOUT else "full" if CUDA else "quick"
 
 
 def _duration(seconds: float) -> str:
@@ -371,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{scale}; logs in {logs.relative_to(root)}/", flush=True)
     started = time.monotonic()
     try:
-        run_all(root, runs, dest, opts.jobs, opts.timeout or (3600 if book else 600), env)
+        run_all(root, runs, dest, opts.jobs, opts.timeout or CELL_TIMEOUT[_scale(env)], env)
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130

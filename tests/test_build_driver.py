@@ -250,3 +250,22 @@ def test_the_committed_report_describes_the_committed_notebooks():
     leaves it stale, and the rendered report would describe other outputs."""
     done = driver(ROOT, "report", "--check")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_cell_that_never_answers_is_retried_once_in_a_fresh_kernel(tiny, tmp_path):
+    """A stalled cell (a lost kernel message: jupyter/nbclient#312) times out and the
+    chapter runs again; the terminal line and the log say so."""
+    root = tmp_path / "root"
+    shutil.copytree(tiny, root, ignore=shutil.ignore_patterns("_build"))
+    stall = ("import pathlib, time\nmarker = pathlib.Path('stalled-once')\n"
+             "if not marker.exists():\n    marker.touch()\n    time.sleep(120)\n"
+             "print('answered')")
+    nbformat.write(chapter("1. Good", "x = 1", stall), root / "chapters" / "01_good.ipynb")
+    out = driver(root, "refresh", "--chapters", "01", "--timeout", "5")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok      01_good" in out.stdout
+    assert "(retried: cell 3 got no reply)" in out.stdout
+    log = (root / "_build" / "logs" / "01_good.log").read_text()
+    assert "cell 3: CellTimeoutError: no reply within 5 s; executing the chapter again" in log
+    executed = nbformat.read(root / "chapters" / "01_good.ipynb", as_version=4)
+    assert executed.cells[2].outputs[0]["text"] == "answered\n"
