@@ -129,6 +129,29 @@ def select(candidates: list[Path], spec: str, where: str) -> list[Path]:
 
 # ---------------------------------------------------------------- executing one notebook
 
+def _sliced(get_msg, step: float = 1.0):
+    """``get_msg`` of a kernel channel, waiting in slices of ``step`` seconds.
+
+    zmq's asyncio poller can miss the wake-up of a message that has arrived (py-spy: kernel
+    and client both idle, the reply waiting in the socket); the poll then returns only at
+    its timeout, when it looks at the socket once more: at the cell's timeout for a
+    reply, never for output (no timeout). Polling in slices looks every ``step`` seconds.
+    """
+    async def get(timeout: float | None = None):
+        from queue import Empty
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = step if deadline is None else min(step, deadline - time.monotonic())
+            try:
+                return await get_msg(timeout=max(left, 0.0))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    return get
+
+
 async def _execute(nb, path: Path, timeout: int) -> dict:
     """Run every cell of ``nb`` in a fresh kernel; stop at the first error. The result."""
     from nbclient import NotebookClient
@@ -138,6 +161,8 @@ async def _execute(nb, path: Path, timeout: int) -> dict:
     client = NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(path)}})
     result = {"status": "ok"}
     async with client.async_setup_kernel():
+        for channel in (client.kc.shell_channel, client.kc.iopub_channel):
+            channel.get_msg = _sliced(channel.get_msg)
         reply = await client.async_wait_for_reply(client.kc.kernel_info())
         if reply is not None and "language_info" in reply["content"]:
             nb.metadata["language_info"] = reply["content"]["language_info"]

@@ -269,3 +269,32 @@ def test_a_cell_that_never_answers_is_retried_once_in_a_fresh_kernel(tiny, tmp_p
     assert "cell 3: CellTimeoutError: no reply within 5 s; executing the chapter again" in log
     executed = nbformat.read(root / "chapters" / "01_good.ipynb", as_version=4)
     assert executed.cells[2].outputs[0]["text"] == "answered\n"
+
+
+def test_sliced_polls_until_a_message_or_the_deadline():
+    """The kernel channels are read in 1-s slices (a missed zmq wake-up costs a slice,
+    not the cell's timeout): a message after several empty slices is returned; with a
+    timeout, Empty comes at the deadline, not before."""
+    import asyncio
+    import time
+    from queue import Empty
+
+    asked = []
+
+    async def get_msg(timeout=None):
+        asked.append(timeout)
+        if len(asked) < 4:
+            raise Empty
+        return {"msg": "reply"}
+
+    assert asyncio.run(build._sliced(get_msg, step=0.01)()) == {"msg": "reply"}
+    assert asked[:3] == [0.01] * 3  # no timeout: slices, never an endless wait
+
+    async def never(timeout=None):
+        await asyncio.sleep(timeout)
+        raise Empty
+
+    started = time.monotonic()
+    with pytest.raises(Empty):
+        asyncio.run(build._sliced(never, step=0.02)(timeout=0.1))
+    assert 0.09 <= time.monotonic() - started < 0.5
