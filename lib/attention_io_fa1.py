@@ -49,7 +49,7 @@ def attention_fa1(
     block_n: int = 64,
     on_tile=None,
     return_stats: bool = False,
-):
+) -> tuple:
     """Algorithm 1 of Dao et al. (2022) in plain PyTorch, counting its HBM traffic.
 
     q: (B, H, Nq, d); k, v: (B, H, Nk, d); block_m = B_r query rows, block_n = B_c key
@@ -60,7 +60,7 @@ def attention_fa1(
     Q_i, O_i, l_i, m_i and lines 12-13 write O_i, l_i, m_i back at every (j, i) step.
     Lines 9-11 are eqs. 3-5 of the chapter in Algorithm 1's form: O_i is kept
     normalised, rescaled by l_i e^{m_i - m_new} / l_new at each step. ``causal`` masks
-    every tile as Algorithm 2 (line 10) does, bottom-right as in the library; no tile is
+    every tile as Algorithm 2 (line 11) does, bottom-right as in the library; no tile is
     skipped, so the traffic is the same as without the mask. Without a mask the traffic
     obeys :func:`fa1_attention_io`.
 
@@ -177,7 +177,8 @@ def attention_fa1_backward(
 
 
 def fa1_attention_io(n: int, d: int, block_n: int, itemsize: int = 2) -> int:
-    """HBM bytes of Algorithm 1, per head, exactly as :func:`attention_fa1` counts them.
+    """HBM bytes of Algorithm 1, per head, exactly as :func:`attention_fa1` counts them:
+    eq. 13 of the chapter, first line.
 
     With T_c = ceil(N / block_n) key blocks and s = max(itemsize, 4) bytes per statistic:
     line 2 writes O (Nd) and l, m (2N s); line 6 reads K, V once (2Nd); for each key
@@ -192,7 +193,7 @@ def fa1_attention_io(n: int, d: int, block_n: int, itemsize: int = 2) -> int:
 
 def fa1_attention_backward_io(n: int, d: int, block_n: int, itemsize: int = 2) -> int:
     """HBM bytes of Algorithm 4 (no dropout), per head, exactly as
-    :func:`attention_fa1_backward` counts them.
+    :func:`attention_fa1_backward` counts them: eq. 13 of the chapter, second line.
 
     With T_c = ceil(N / block_n) and s = max(itemsize, 4): line 5 writes dQ, dK, dV
     (3Nd); line 7 reads K, V once (2Nd); for each key block, line 10 reads all of Q, O,
