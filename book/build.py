@@ -33,6 +33,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 
 from build_report import (
     REPORT,
@@ -138,8 +139,6 @@ def _sliced(get_msg, step: float = 1.0):
     reply, never for output (no timeout). Polling in slices looks every ``step`` seconds.
     """
     async def get(timeout: float | None = None):
-        from queue import Empty
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = step if deadline is None else min(step, deadline - time.monotonic())
